@@ -1,0 +1,48 @@
+"""sftjax-train: `sftjax-train run_dir=DIR model=NAME [overrides]` (a Hydra app; `python -m sftjax.cli.train`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from sftjax.config import ConfigError, register_configs, to_config
+from sftjax.data.fixture import FIXTURE_DIR
+
+log = logging.getLogger("sftjax")
+
+register_configs()
+if not OmegaConf.has_resolver("fixture"):
+    # ${fixture:NAME} -> path of a data file bundled with the package
+    OmegaConf.register_new_resolver("fixture", lambda name: str(FIXTURE_DIR / name))
+
+
+@hydra.main(version_base=None, config_path="pkg://sftjax.conf", config_name="config")
+def _main(dcfg: DictConfig) -> None:
+    try:
+        cfg = to_config(dcfg)
+    except ConfigError as e:
+        print(f"sftjax-train: invalid config: {e}", file=sys.stderr)
+        sys.exit(2)
+    from sftjax.train.loop import TrainingDiverged, train  # heavy imports after the config is known to be valid
+
+    try:
+        summary = train(cfg, log=lambda msg: print(msg, flush=True))
+    except ConfigError as e:
+        print(f"sftjax-train: invalid config: {e}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingDiverged as e:
+        print(f"sftjax-train: training diverged: {e}", file=sys.stderr)
+        sys.exit(3)
+    print(f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+          f"{summary['tokens']} tokens; run directory {cfg.run_dir}", flush=True)
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""The configuration schema.
+
+Hydra composes YAML from ``conf/`` on top of these dataclasses, so an unknown key or a wrong type is rejected by
+OmegaConf while composing. Value checks that OmegaConf cannot express (ranges, divisibility, cross-field rules) live in
+``validate`` methods and run when the composed config is turned into these objects by :func:`to_config`, before anything
+is compiled. Every error names the full key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is impossible; the message names the key and the expected value."""
+
+
+def _require(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': expected {expected}, got {got!r}")
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_IMPLS = ("auto", "dense", "blockwise", "sdpa")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclass
+class RopeScalingConfig:
+    """Llama 3.1-style frequency-dependent RoPE scaling (``rope_type: llama3`` in HF configs)."""
+
+    type: str = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def validate(self) -> None:
+        _require(self.type == "llama3", "model.rope_scaling.type", "'llama3'", self.type)
+        _require(self.factor >= 1.0, "model.rope_scaling.factor", "a number >= 1", self.factor)
+        _require(
+            self.high_freq_factor > self.low_freq_factor > 0,
+            "model.rope_scaling.high_freq_factor",
+            f"a number > low_freq_factor ({self.low_freq_factor}) > 0",
+            self.high_freq_factor,
+        )
+        _require(
+            self.original_max_position_embeddings > 0,
+            "model.rope_scaling.original_max_position_embeddings",
+            "a positive integer",
+            self.original_max_position_embeddings,
+        )
+
+
+@dataclass
+class ModelConfig:
+    """One Llama-family architecture; Llama 1/2/3, Mistral, Qwen2 and SmolLM2 differ only in these flags."""
+
+    name: str = "tiny"
+    vocab_size: int = 512
+    hidden_size: int = 64
+    intermediate_size: int = 176
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: Optional[int] = None  # None: hidden_size // num_heads
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[RopeScalingConfig] = None
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    max_position_embeddings: int = 2048
+    init_std: float = 0.02
+    # Compute dtype of activations and matmuls; parameters are always kept in float32.
+    dtype: str = "float32"
+    scan_layers: bool = False  # lax.scan over layers (fast compile) or unrolled (fastest on the CPU backend)
+    remat: str = "none"
+    attention: str = "auto"  # auto: blockwise on CPU/TPU, sdpa (cuDNN) on GPU
+    attention_block: int = 512
+    init_from: str = ""  # "" = random init; hf:DIR and run directories arrive with the checkpoint issue
+
+    def validate(self) -> None:
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
+            _require(getattr(self, key) > 0, f"model.{key}", "a positive integer", getattr(self, key))
+        _require(
+            self.num_heads % self.num_kv_heads == 0,
+            "model.num_kv_heads",
+            f"a divisor of model.num_heads ({self.num_heads})",
+            self.num_kv_heads,
+        )
+        if self.head_dim is None:
+            _require(
+                self.hidden_size % self.num_heads == 0,
+                "model.head_dim",
+                f"set explicitly, since hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}",
+                None,
+            )
+        else:
+            _require(self.head_dim > 0 and self.head_dim % 2 == 0, "model.head_dim", "a positive even integer",
+                     self.head_dim)
+        _require(self.dtype in DTYPES, "model.dtype", f"one of {DTYPES}", self.dtype)
+        _require(self.remat in REMAT_POLICIES, "model.remat", f"one of {REMAT_POLICIES}", self.remat)
+        _require(self.attention in ATTENTION_IMPLS, "model.attention", f"one of {ATTENTION_IMPLS}", self.attention)
+        _require(self.attention_block > 0, "model.attention_block", "a positive integer", self.attention_block)
+        _require(self.rope_theta > 0, "model.rope_theta", "a positive number", self.rope_theta)
+        _require(self.rms_norm_eps > 0, "model.rms_norm_eps", "a positive number", self.rms_norm_eps)
+        _require(self.init_std > 0, "model.init_std", "a positive number", self.init_std)
+        if self.init_from:
+            raise ConfigError(
+                f"config key 'model.init_from': loading weights ({self.init_from!r}) is not available yet; "
+                "expected '' (random init)"
+            )
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay (optax)."""
+
+    name: str = "adamw"
+    lr: float = 3e-4
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio at the last step
+    weight_decay: float = 0.1  # not applied to norms and biases
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # global-norm clip; 0 disables
+
+    def validate(self) -> None:
+        _require(self.name == "adamw", "optim.name", "'adamw'", self.name)
+        _require(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "a positive finite number", self.lr)
+        _require(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
+        _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
+        _require(self.weight_decay >= 0, "optim.weight_decay", "a number >= 0", self.weight_decay)
+        _require(0 <= self.b1 < 1, "optim.b1", "a number in [0, 1)", self.b1)
+        _require(0 <= self.b2 < 1, "optim.b2", "a number in [0, 1)", self.b2)
+        _require(self.eps > 0, "optim.eps", "a positive number", self.eps)
+        _require(self.grad_clip >= 0, "optim.grad_clip", "a number >= 0 (0 disables clipping)", self.grad_clip)
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh (data, fsdp, tensor) and multi-process setup.
+
+    One of data/fsdp/tensor may be -1: it takes all devices the others leave.
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    # Multi-process: set coordinator ("host:port"), num_processes and process_id, or the environment variables
+    # SFTJAX_COORDINATOR / SFTJAX_NUM_PROCESSES / SFTJAX_PROCESS_ID; auto=true lets jax detect TPU pods and SLURM.
+    coordinator: str = ""
+    num_processes: int = 1
+    process_id: int = 0
+    auto: bool = False
+
+    def validate(self) -> None:
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        for key, value in sizes.items():
+            _require(value == -1 or value >= 1, f"mesh.{key}", "a positive integer or -1 (fill)", value)
+        _require(
+            sum(v == -1 for v in sizes.values()) <= 1,
+            "mesh",
+            "at most one of data/fsdp/tensor set to -1",
+            sizes,
+        )
+        _require(self.num_processes >= 1, "mesh.num_processes", "a positive integer", self.num_processes)
+        _require(
+            0 <= self.process_id < self.num_processes,
+            "mesh.process_id",
+            f"an integer in [0, {self.num_processes})",
+            self.process_id,
+        )
+
+    def resolve(self, device_count: int) -> tuple[int, int, int]:
+        """Mesh shape for ``device_count`` devices; fails before compilation when the product does not match."""
+        sizes = [self.data, self.fsdp, self.tensor]
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            _require(
+                device_count % known == 0,
+                "mesh",
+                f"data*fsdp*tensor to divide the device count {device_count}",
+                {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor},
+            )
+            sizes[sizes.index(-1)] = device_count // known
+        _require(
+            math.prod(sizes) == device_count,
+            "mesh",
+            f"data*fsdp*tensor == device count {device_count}",
+            {"data": sizes[0], "fsdp": sizes[1], "tensor": sizes[2]},
+        )
+        return sizes[0], sizes[1], sizes[2]
+
+
+@dataclass
+class SourceConfig:
+    """A fixture source: JSONL lines with ``text`` (loss on every token) or ``prompt`` + ``completion``."""
+
+    path: str = "???"
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    """Until the Grain pipeline lands: bundled fixture sources, byte-level tokens, first-fit packing."""
+
+    name: str = "fixture"
+    seq_len: int = 2048
+    tokenizer: str = "bytes"
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _require(self.seq_len >= 2, "data.seq_len", "an integer >= 2", self.seq_len)
+        _require(self.tokenizer == "bytes", "data.tokenizer", "'bytes' (HF tokenizers arrive with the data issue)",
+                 self.tokenizer)
+        _require(len(self.sources) > 0, "data.sources", "at least one source", dict(self.sources))
+        for name, src in self.sources.items():
+            _require(src.weight > 0 and math.isfinite(src.weight), f"data.sources.{name}.weight",
+                     "a positive finite number", src.weight)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100
+    seed: int = 0
+    global_batch_size: int = 8  # rows of data.seq_len per optimizer step, over all devices and micro-batches
+    grad_accum: int = 1
+    log_every: int = 10
+    save_every: int = 0  # checkpointing arrives with the checkpoint issue; 0 = never
+    # Peak FLOP/s of one device for MFU. The default is the XLA fp32 matmul peak measured on a 2-core CPU
+    # (bench/matmul_peak.py); pass your accelerator's number (e.g. 989e12 for an H100 in bf16).
+    peak_flops_per_device: float = 4.7e11
+    progress: bool = True  # tqdm bar
+    tensorboard: bool = True
+
+    def validate(self) -> None:
+        _require(self.max_steps >= 1, "train.max_steps", "a positive integer", self.max_steps)
+        _require(self.global_batch_size >= 1, "train.global_batch_size", "a positive integer",
+                 self.global_batch_size)
+        _require(self.grad_accum >= 1, "train.grad_accum", "a positive integer", self.grad_accum)
+        _require(
+            self.global_batch_size % self.grad_accum == 0,
+            "train.grad_accum",
+            f"a divisor of train.global_batch_size ({self.global_batch_size})",
+            self.grad_accum,
+        )
+        _require(self.log_every >= 1, "train.log_every", "a positive integer", self.log_every)
+        _require(self.save_every >= 0, "train.save_every", "an integer >= 0", self.save_every)
+        _require(self.peak_flops_per_device > 0, "train.peak_flops_per_device", "a positive number",
+                 self.peak_flops_per_device)
+
+
+@dataclass
+class Config:
+    run_dir: str = "???"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> None:
+        for part in (self.model, self.optim, self.mesh, self.train, self.data):
+            part.validate()
+        if self.model.rope_scaling is not None:
+            self.model.rope_scaling.validate()
+        block = self.model.attention_block
+        _require(
+            self.data.seq_len % block == 0 or self.data.seq_len < block,
+            "data.seq_len",
+            f"a multiple of model.attention_block ({block}) or shorter than it",
+            self.data.seq_len,
+        )
+
+    def check_devices(self, device_count: int, process_count: int = 1) -> tuple[int, int, int]:
+        """Cross-checks that need the device count; returns the mesh shape."""
+        shape = self.mesh.resolve(device_count)
+        batch_shards = shape[0] * shape[1]
+        micro = self.train.global_batch_size // self.train.grad_accum
+        _require(
+            micro % batch_shards == 0,
+            "train.global_batch_size",
+            f"global_batch_size / grad_accum ({micro}) divisible by mesh.data*mesh.fsdp ({batch_shards})",
+            self.train.global_batch_size,
+        )
+        _require(
+            self.train.global_batch_size % process_count == 0,
+            "train.global_batch_size",
+            f"a multiple of the process count ({process_count})",
+            self.train.global_batch_size,
+        )
+        return shape
+
+
+def register_configs() -> None:
+    """Register the schema so conf/config.yaml can put it first in its defaults list."""
+    cs = ConfigStore.instance()
+    cs.store(name="sftjax_schema", node=Config)
+
+
+def to_config(cfg: DictConfig | dict) -> Config:
+    """Turn a composed config into validated dataclasses (raises ConfigError naming the key)."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, Config)
+    obj.validate()
+    return obj
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)

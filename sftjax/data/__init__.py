@@ -1,0 +1,1 @@
+"""Data sources and batching (the fixture source until the Grain pipeline lands)."""

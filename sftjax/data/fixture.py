@@ -1,0 +1,189 @@
+"""The bundled fixture source: byte-level tokens, prompt masking and first-fit packing into fixed rows.
+
+This is the stand-in that keeps the engine runnable and testable until the Grain data pipeline lands (it will replace
+this module). It already produces the batch contract the train step consumes:
+
+    input_ids, targets, loss_mask (bool), segment_ids (0 = padding), positions (reset per document),
+    source_ids (-1 = padding)        all [rows, seq_len]
+
+A document of n tokens fills n-1 slots: inputs are tokens[:-1], targets tokens[1:], so no label ever crosses a
+document boundary and the EOS of every document is a trained target.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sftjax.config import ConfigError, DataConfig
+
+FIXTURE_DIR = Path(__file__).parent / "fixtures"
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as ids 0..255, plus BOS and EOS."""
+
+    bos_id = 256
+    eos_id = 257
+    pad_id = 0
+    vocab_size = 258
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+
+@dataclass(eq=False)
+class Document:
+    tokens: np.ndarray  # int32 [n]
+    trained: np.ndarray  # bool [n]: token is a loss target
+    source: int
+
+
+@dataclass
+class SourceStats:
+    examples: int = 0
+    tokens: int = 0
+    loss_tokens: int = 0
+    truncated: int = 0
+    dropped: int = 0
+
+
+def load_source(path: str, source_index: int, seq_len: int, tok: ByteTokenizer, stats: SourceStats) -> list[Document]:
+    """Read a JSONL fixture; a malformed line is an error naming file and line, over-long documents are truncated
+    to seq_len+1 tokens and counted."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"data source file not found: {path}")
+    docs = []
+    with open(p) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+            if "text" in rec:
+                body = tok.encode(str(rec["text"]))
+                ids = [tok.bos_id] + body + [tok.eos_id]
+                trained = [True] * len(ids)
+            elif "prompt" in rec and "completion" in rec:
+                prompt, completion = tok.encode(str(rec["prompt"])), tok.encode(str(rec["completion"]))
+                ids = [tok.bos_id] + prompt + completion + [tok.eos_id]
+                trained = [False] * (1 + len(prompt)) + [True] * (len(completion) + 1)
+            else:
+                raise ValueError(f"{path}:{lineno}: expected key 'text' or keys 'prompt' and 'completion', "
+                                 f"got keys {sorted(rec)}")
+            if len(ids) > seq_len + 1:
+                ids, trained = ids[: seq_len + 1], trained[: seq_len + 1]
+                stats.truncated += 1
+            if not any(trained[1:]):
+                stats.dropped += 1  # nothing left to learn from (e.g. prompt longer than seq_len)
+                continue
+            docs.append(Document(np.asarray(ids, np.int32), np.asarray(trained, bool), source_index))
+    if not docs:
+        raise ConfigError(f"data source {path} has no usable records")
+    return docs
+
+
+@dataclass(eq=False)
+class _Row:
+    seq_len: int
+    pieces: list[Document] = field(default_factory=list)
+    used: int = 0
+
+    def free(self) -> int:
+        return self.seq_len - self.used
+
+
+class FixtureStream:
+    """Infinite, seeded stream of packed rows mixed from the configured sources by weight (per document)."""
+
+    def __init__(self, cfg: DataConfig, seed: int, num_bins: int = 16):
+        self.cfg = cfg
+        self.seq_len = cfg.seq_len
+        self.tokenizer = ByteTokenizer()
+        self.source_names = list(cfg.sources)
+        self.stats = {name: SourceStats() for name in self.source_names}
+        self.docs = [
+            load_source(src.path, i, cfg.seq_len, self.tokenizer, self.stats[name])
+            for i, (name, src) in enumerate(cfg.sources.items())
+        ]
+        w = np.asarray([cfg.sources[n].weight for n in self.source_names], np.float64)
+        self.weights = w / w.sum()
+        self.rng = np.random.default_rng(seed)
+        self.num_bins = num_bins
+        self._orders = [self.rng.permutation(len(d)) for d in self.docs]
+        self._cursor = [0] * len(self.docs)
+        self._open: list[_Row] = []
+
+    def _next_document(self) -> Document:
+        s = int(self.rng.choice(len(self.docs), p=self.weights))
+        if self._cursor[s] == len(self._orders[s]):
+            self._orders[s] = self.rng.permutation(len(self.docs[s]))  # next epoch of this source
+            self._cursor[s] = 0
+        doc = self.docs[s][self._orders[s][self._cursor[s]]]
+        self._cursor[s] += 1
+        st = self.stats[self.source_names[s]]
+        st.examples += 1
+        st.tokens += len(doc.tokens)
+        st.loss_tokens += int(doc.trained[1:].sum())
+        return doc
+
+    def next_row(self) -> dict[str, np.ndarray]:
+        # Best fit: a document goes into the open row with the least room that still holds it; when none does and
+        # all bins are open, the fullest row is emitted.
+        while True:
+            doc = self._next_document()
+            need = len(doc.tokens) - 1
+            fits = [r for r in self._open if r.free() >= need]
+            if fits:
+                row = min(fits, key=_Row.free)
+                row.pieces.append(doc)
+                row.used += need
+                continue
+            new = _Row(self.seq_len, [doc], need)
+            if len(self._open) < self.num_bins:
+                self._open.append(new)
+                continue
+            fullest = min(self._open, key=_Row.free)
+            self._open.remove(fullest)
+            self._open.append(new)
+            return materialize(fullest.pieces, self.seq_len)
+
+    def next_batch(self, rows: int) -> dict[str, np.ndarray]:
+        batch = [self.next_row() for _ in range(rows)]
+        return {k: np.stack([r[k] for r in batch]) for k in batch[0]}
+
+
+def materialize(docs: list[Document], seq_len: int) -> dict[str, np.ndarray]:
+    out = {
+        "input_ids": np.zeros(seq_len, np.int32),
+        "targets": np.zeros(seq_len, np.int32),
+        "loss_mask": np.zeros(seq_len, bool),
+        "segment_ids": np.zeros(seq_len, np.int32),
+        "positions": np.zeros(seq_len, np.int32),
+        "source_ids": np.full(seq_len, -1, np.int32),
+    }
+    at = 0
+    for seg, doc in enumerate(docs, 1):
+        n = len(doc.tokens) - 1
+        sl = slice(at, at + n)
+        out["input_ids"][sl] = doc.tokens[:-1]
+        out["targets"][sl] = doc.tokens[1:]
+        out["loss_mask"][sl] = doc.trained[1:]
+        out["segment_ids"][sl] = seg
+        out["positions"][sl] = np.arange(n)
+        out["source_ids"][sl] = doc.source
+        at += n
+    # Padding is one pseudo-document (segment 0) with increasing positions, so attention stays well-defined on it.
+    out["positions"][at:] = np.arange(seq_len - at)
+    return out

@@ -1,0 +1,5 @@
+"""Llama-family Flax NNX model and attention implementations."""
+
+from sftjax.model.llama import Llama
+
+__all__ = ["Llama"]

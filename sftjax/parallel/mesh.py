@@ -1,0 +1,41 @@
+"""Mesh construction and multi-process initialization."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+from jax.sharding import AxisType, Mesh
+
+from sftjax.config import ConfigError, MeshConfig
+from sftjax.parallel.rules import MESH_AXES
+
+
+def initialize_distributed(cfg: MeshConfig) -> None:
+    """Start jax.distributed when the run spans several processes; a no-op for one process.
+
+    Sources, in order: config (mesh.coordinator/num_processes/process_id), environment variables
+    SFTJAX_COORDINATOR/SFTJAX_NUM_PROCESSES/SFTJAX_PROCESS_ID, or mesh.auto=true to let jax detect TPU pods/SLURM.
+    """
+    coordinator = cfg.coordinator or os.environ.get("SFTJAX_COORDINATOR", "")
+    num_processes = int(os.environ.get("SFTJAX_NUM_PROCESSES", cfg.num_processes))
+    process_id = int(os.environ.get("SFTJAX_PROCESS_ID", cfg.process_id))
+    if jax.distributed.is_initialized():
+        return
+    if cfg.auto:
+        jax.distributed.initialize()
+        return
+    if num_processes <= 1:
+        return
+    if not coordinator:
+        raise ConfigError(
+            f"config key 'mesh.coordinator': expected 'host:port' for a {num_processes}-process run, got ''"
+        )
+    # Only affects the CPU backend (collectives across processes); must be set before any backend starts.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def make_mesh(shape: tuple[int, int, int]) -> Mesh:
+    # Auto axis types: the compiler propagates shardings from our explicit in/out shardings and constraints.
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

@@ -1,0 +1,1 @@
+"""Optimizer and schedule, the jitted train step, the loop."""

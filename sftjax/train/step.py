@@ -1,0 +1,107 @@
+"""The jitted train step: a pure function (state, batch) -> (state, metrics).
+
+Loss normalization is exact: token losses are summed over every micro-batch and device and divided once by the number
+of loss tokens in the whole global batch, so any split into batch x grad_accum x devices gives the same loss and
+gradient (not a mean of per-micro-batch means).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sftjax.parallel.rules import activation_mesh, constrain
+
+BATCH_DTYPES = {
+    "input_ids": jnp.int32,
+    "targets": jnp.int32,
+    "loss_mask": jnp.bool_,
+    "segment_ids": jnp.int32,
+    "positions": jnp.int32,
+    "source_ids": jnp.int32,
+}
+BATCH_KEYS = tuple(BATCH_DTYPES)
+
+
+def token_losses(graphdef, params, mb, mesh: Mesh | None = None):
+    """Per-token cross entropy [b, s] in float32, zero where loss_mask is false."""
+    with activation_mesh(mesh):
+        logits = nnx.merge(graphdef, params)(mb["input_ids"], mb["segment_ids"], mb["positions"])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), mb["targets"])
+    return jnp.where(mb["loss_mask"], losses, 0.0)
+
+
+def _sums(graphdef, params, mb, num_sources: int, mesh):
+    tok = token_losses(graphdef, params, mb, mesh)
+    onehot = jax.nn.one_hot(mb["source_ids"], num_sources, dtype=jnp.float32) * mb["loss_mask"][..., None]
+    return tok.sum(), (jnp.einsum("bs,bsn->n", tok, onehot), onehot.sum(axis=(0, 1)))
+
+
+def split_micro_batches(batch: dict, grad_accum: int, mesh: Mesh | None) -> dict:
+    """[B, ...] -> [grad_accum, B/grad_accum, ...], interleaved so every device keeps its own rows."""
+
+    def split(x):
+        y = x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:]).swapaxes(0, 1)
+        with activation_mesh(mesh):
+            return constrain(y, (None, "act_batch") + (None,) * (y.ndim - 2))
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(graphdef, optimizer, schedule, *, grad_accum: int, num_sources: int, mesh: Mesh | None = None):
+    grad_fn = jax.value_and_grad(lambda p, mb: _sums(graphdef, p, mb, num_sources, mesh), has_aux=True)
+
+    def train_step(state, batch):
+        params = state["params"]
+        if grad_accum == 1:
+            (loss_sum, (src_loss, src_count)), grads = grad_fn(params, batch)
+        else:
+
+            def body(carry, mb):
+                g_acc, l_acc, s_acc, c_acc = carry
+                (l, (s, c)), g = grad_fn(params, mb)
+                return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, s_acc + s, c_acc + c), None
+
+            zeros = jnp.zeros((num_sources,), jnp.float32)
+            init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), zeros, zeros)
+            (grads, loss_sum, src_loss, src_count), _ = jax.lax.scan(
+                body, init, split_micro_batches(batch, grad_accum, mesh)
+            )
+        n_tokens = batch["loss_mask"].sum()
+        denom = jnp.maximum(n_tokens, 1).astype(jnp.float32)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        new_state = {
+            "params": optax.apply_updates(params, updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        metrics = {
+            "loss": loss_sum / denom,
+            "grad_norm": optax.global_norm(grads),
+            "lr": schedule(state["step"]),
+            "loss_tokens": n_tokens,
+            "source_loss": src_loss / jnp.maximum(src_count, 1.0),
+            "source_tokens": src_count,
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def batch_shardings(mesh: Mesh) -> dict:
+    rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
+    return {k: rows for k in BATCH_KEYS}
+
+
+def jit_train_step(step_fn, state_shardings, mesh: Mesh):
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_shardings(mesh)),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
