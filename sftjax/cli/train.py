@@ -12,6 +12,7 @@ from sftjax.config import ConfigError, register_configs, to_config
 from sftjax.data.fixture import FIXTURE_DIR
 
 log = logging.getLogger("sftjax")
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" is not news on CPU/GPU
 
 register_configs()
 if not OmegaConf.has_resolver("fixture"):
@@ -36,8 +37,17 @@ def _main(dcfg: DictConfig) -> None:
     except TrainingDiverged as e:
         print(f"sftjax-train: training diverged: {e}", file=sys.stderr)
         sys.exit(3)
-    print(f"done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
-          f"{summary['tokens']} tokens; run directory {cfg.run_dir}", flush=True)
+    first, last = summary["first_log"], summary["last_log"]
+    losses = ", ".join(
+        f"{k[5:]} {first[k]:.3f} -> {last[k]:.3f}" for k in last if k.startswith("loss/") and k in first
+    )
+    print(
+        f"done: {summary['steps']} steps, {summary['tokens']:,} tokens, compile {summary['compile_s']:.1f}s, "
+        f"{last['tokens_per_s']:,.0f} tokens/s, MFU {last['mfu']:.1%}\n"
+        f"loss (step {first['step']} -> {last['step']}): {first['loss']:.3f} -> {last['loss']:.3f} ({losses})\n"
+        f"run directory: {cfg.run_dir}",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -55,13 +55,13 @@ class Attention(nnx.Module):
 
     def __call__(self, x, cos, sin, segment_ids, positions):
         dt = x.dtype
-        q = jnp.einsum("bsd,dhk->bshk", x, self.q_proj[...].astype(dt))
-        k = jnp.einsum("bsd,dhk->bshk", x, self.k_proj[...].astype(dt))
-        v = jnp.einsum("bsd,dhk->bshk", x, self.v_proj[...].astype(dt))
+        h, kv = self.q_proj.shape[1], self.k_proj.shape[1]
+        # One matmul for q, k and v (concatenated along heads at compute time; parameters stay separate).
+        w = jnp.concatenate([self.q_proj[...], self.k_proj[...], self.v_proj[...]], axis=1).astype(dt)
+        qkv = jnp.einsum("bsd,dhk->bshk", x, w)
         if self.qkv_bias:
-            q = q + self.q_bias[...].astype(dt)
-            k = k + self.k_bias[...].astype(dt)
-            v = v + self.v_bias[...].astype(dt)
+            qkv = qkv + jnp.concatenate([self.q_bias[...], self.k_bias[...], self.v_bias[...]], axis=0).astype(dt)
+        q, k, v = qkv[:, :, :h], qkv[:, :, h : h + kv], qkv[:, :, h + kv :]
         q = constrain(apply_rope(q, cos, sin), ("act_batch", "act_length", "act_heads", None))
         k = constrain(apply_rope(k, cos, sin), ("act_batch", "act_length", "act_kv_heads", None))
         v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
@@ -78,8 +78,9 @@ class MLP(nnx.Module):
 
     def __call__(self, x):
         dt = x.dtype
-        gate = x @ self.gate_proj[...].astype(dt)
-        up = x @ self.up_proj[...].astype(dt)
+        f = self.gate_proj.shape[1]
+        gate_up = x @ jnp.concatenate([self.gate_proj[...], self.up_proj[...]], axis=1).astype(dt)  # one matmul
+        gate, up = gate_up[..., :f], gate_up[..., f:]
         hidden = constrain(jax.nn.silu(gate) * up, ("act_batch", "act_length", "act_mlp"))
         return hidden @ self.down_proj[...].astype(dt)
 
@@ -149,9 +150,12 @@ class Llama(nnx.Module):
                 x = run(graphdef, params, x, cos, sin, segment_ids, positions)
         return self.final_norm(x)
 
+    def head_kernel(self):
+        """The output projection [hidden, vocab] (the transposed embedding when tied)."""
+        return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+
     def __call__(self, input_ids, segment_ids, positions):
         """Logits [batch, seq, vocab] in the compute dtype."""
         x = self.hidden_states(input_ids, segment_ids, positions)
-        head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
-        logits = x @ head.astype(x.dtype)
+        logits = x @ self.head_kernel().astype(x.dtype)
         return constrain(logits, ("act_batch", "act_length", "act_vocab"))

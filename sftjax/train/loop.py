@@ -80,6 +80,7 @@ def train(cfg: Config, log=print) -> dict:
     total_tokens = 0
     pending: list[tuple[int, dict, dict]] = []  # (step, device metrics, host stats) awaiting the next log
     window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0
+    first: dict = {}
     last: dict = {}
     bar = tqdm(total=cfg.train.max_steps, disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
     try:
@@ -119,6 +120,7 @@ def train(cfg: Config, log=print) -> dict:
                     "fill": host["fill"],
                 }
                 writer.write(last)
+                first = first or last
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}",
                                 mfu=f"{last['mfu']:.1%}")
                 pending.clear()
@@ -128,6 +130,8 @@ def train(cfg: Config, log=print) -> dict:
         writer.close()
     summary = {
         "steps": cfg.train.max_steps,
+        "first_log": first,
+        "last_log": last,
         "final_loss": last.get("loss"),
         "tokens": total_tokens,
         "compile_s": compile_s,

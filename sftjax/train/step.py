@@ -14,6 +14,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sftjax.parallel.rules import activation_mesh, constrain
+from sftjax.train.loss import masked_token_losses
 
 BATCH_DTYPES = {
     "input_ids": jnp.int32,
@@ -27,16 +28,17 @@ BATCH_KEYS = tuple(BATCH_DTYPES)
 
 
 def token_losses(graphdef, params, mb, mesh: Mesh | None = None):
-    """Per-token cross entropy [b, s] in float32, zero where loss_mask is false."""
+    """Per-token cross entropy in float32, zero where loss_mask is false: (losses, mask, source_ids), each [b, s]
+    in a per-row permuted order (see sftjax.train.loss)."""
     with activation_mesh(mesh):
-        logits = nnx.merge(graphdef, params)(mb["input_ids"], mb["segment_ids"], mb["positions"])
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), mb["targets"])
-    return jnp.where(mb["loss_mask"], losses, 0.0)
+        model = nnx.merge(graphdef, params)
+        hidden = model.hidden_states(mb["input_ids"], mb["segment_ids"], mb["positions"])
+        return masked_token_losses(hidden, model.head_kernel(), mb["targets"], mb["loss_mask"], mb["source_ids"])
 
 
 def _sums(graphdef, params, mb, num_sources: int, mesh):
-    tok = token_losses(graphdef, params, mb, mesh)
-    onehot = jax.nn.one_hot(mb["source_ids"], num_sources, dtype=jnp.float32) * mb["loss_mask"][..., None]
+    tok, mask, sources = token_losses(graphdef, params, mb, mesh)
+    onehot = jax.nn.one_hot(sources, num_sources, dtype=jnp.float32) * mask[..., None]
     return tok.sum(), (jnp.einsum("bs,bsn->n", tok, onehot), onehot.sum(axis=(0, 1)))
 
 
