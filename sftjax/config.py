@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -304,10 +305,24 @@ class Config:
         return shape
 
 
+FIXTURE_DIR = Path(__file__).parent / "data" / "fixtures"
+
+
 def register_configs() -> None:
-    """Register the schema so conf/config.yaml can put it first in its defaults list."""
-    cs = ConfigStore.instance()
-    cs.store(name="sftjax_schema", node=Config)
+    """Register the schema (conf/config.yaml puts it first in its defaults list) and the ${fixture:NAME} resolver
+    (the path of a data file bundled with the package)."""
+    ConfigStore.instance().store(name="sftjax_schema", node=Config)
+    if not OmegaConf.has_resolver("fixture"):
+        OmegaConf.register_new_resolver("fixture", lambda name: str(FIXTURE_DIR / name))
+
+
+def compose_config(overrides: list[str] = (), config_name: str = "config") -> Config:
+    """Compose conf/ with overrides outside a Hydra app (tests, notebooks) and validate it."""
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module="sftjax.conf", version_base=None):
+        return to_config(compose(config_name=config_name, overrides=list(overrides)))
 
 
 def to_config(cfg: DictConfig | dict) -> Config:

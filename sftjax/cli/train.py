@@ -6,18 +6,14 @@ import logging
 import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sftjax.config import ConfigError, register_configs, to_config
-from sftjax.data.fixture import FIXTURE_DIR
 
 log = logging.getLogger("sftjax")
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" is not news on CPU/GPU
 
 register_configs()
-if not OmegaConf.has_resolver("fixture"):
-    # ${fixture:NAME} -> path of a data file bundled with the package
-    OmegaConf.register_new_resolver("fixture", lambda name: str(FIXTURE_DIR / name))
 
 
 @hydra.main(version_base=None, config_path="pkg://sftjax.conf", config_name="config")

@@ -18,9 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sftjax.config import ConfigError, DataConfig
-
-FIXTURE_DIR = Path(__file__).parent / "fixtures"
+from sftjax.config import FIXTURE_DIR, ConfigError, DataConfig  # noqa: F401 (FIXTURE_DIR re-exported)
 
 
 class ByteTokenizer:

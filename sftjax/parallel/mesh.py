@@ -36,6 +36,10 @@ def initialize_distributed(cfg: MeshConfig) -> None:
     jax.distributed.initialize(coordinator, num_processes, process_id)
 
 
-def make_mesh(shape: tuple[int, int, int]) -> Mesh:
-    # Auto axis types: the compiler propagates shardings from our explicit in/out shardings and constraints.
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
+    """(data, fsdp, tensor) mesh over all devices, or over ``devices`` (e.g. one device of many in tests).
+
+    Auto axis types: the compiler propagates shardings from our explicit in/out shardings and constraints.
+    """
+    kwargs = {} if devices is None else {"devices": devices}
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), **kwargs)

@@ -33,14 +33,16 @@ def logical_axes(abstract_state: nnx.State) -> dict:
     """Pure nested dict (same keys as nnx.to_pure_dict) of each parameter's logical axes; scanned (stacked)
     parameters get a leading 'layers' axis."""
     out: dict = {}
-    for path, var in abstract_state.flat_state():
+    leaves = jax.tree_util.tree_flatten_with_path(abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]
+    for key_path, var in leaves:
+        path = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in key_path)
         axes = tuple(var.get_metadata().get("logical_axes") or ())
-        ndim = len(var.value.shape)
+        ndim = len(var.get_value().shape)
         if len(axes) == ndim - 1:
             axes = ("layers",) + axes
         if len(axes) != ndim:
             axes = (None,) * ndim
-        _nested_set(out, tuple(path), _Axes(axes))
+        _nested_set(out, path, _Axes(axes))
     return out
 
 

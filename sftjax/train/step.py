@@ -53,28 +53,35 @@ def split_micro_batches(batch: dict, grad_accum: int, mesh: Mesh | None) -> dict
     return jax.tree.map(split, batch)
 
 
-def make_train_step(graphdef, optimizer, schedule, *, grad_accum: int, num_sources: int, mesh: Mesh | None = None):
-    grad_fn = jax.value_and_grad(lambda p, mb: _sums(graphdef, p, mb, num_sources, mesh), has_aux=True)
+def loss_and_grads(graphdef, params, batch, *, grad_accum: int, num_sources: int, mesh: Mesh | None = None):
+    """Global-batch loss and gradient: sums over micro-batches (a lax.scan), one division by the loss-token count.
 
+    Returns (loss, grads, aux) with aux = per-source loss sums and token counts and the loss-token count."""
+    grad_fn = jax.value_and_grad(lambda p, mb: _sums(graphdef, p, mb, num_sources, mesh), has_aux=True)
+    if grad_accum == 1:
+        (loss_sum, (src_loss, src_count)), grads = grad_fn(params, batch)
+    else:
+
+        def body(carry, mb):
+            g_acc, l_acc, s_acc, c_acc = carry
+            (l, (s, c)), g = grad_fn(params, mb)
+            return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, s_acc + s, c_acc + c), None
+
+        zeros = jnp.zeros((num_sources,), jnp.float32)
+        init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), zeros, zeros)
+        (grads, loss_sum, src_loss, src_count), _ = jax.lax.scan(body, init, split_micro_batches(batch, grad_accum, mesh))
+    n_tokens = batch["loss_mask"].sum()
+    denom = jnp.maximum(n_tokens, 1).astype(jnp.float32)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    return loss_sum / denom, grads, {"source_loss": src_loss, "source_tokens": src_count, "loss_tokens": n_tokens}
+
+
+def make_train_step(graphdef, optimizer, schedule, *, grad_accum: int, num_sources: int, mesh: Mesh | None = None):
     def train_step(state, batch):
         params = state["params"]
-        if grad_accum == 1:
-            (loss_sum, (src_loss, src_count)), grads = grad_fn(params, batch)
-        else:
-
-            def body(carry, mb):
-                g_acc, l_acc, s_acc, c_acc = carry
-                (l, (s, c)), g = grad_fn(params, mb)
-                return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, s_acc + s, c_acc + c), None
-
-            zeros = jnp.zeros((num_sources,), jnp.float32)
-            init = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), zeros, zeros)
-            (grads, loss_sum, src_loss, src_count), _ = jax.lax.scan(
-                body, init, split_micro_batches(batch, grad_accum, mesh)
-            )
-        n_tokens = batch["loss_mask"].sum()
-        denom = jnp.maximum(n_tokens, 1).astype(jnp.float32)
-        grads = jax.tree.map(lambda g: g / denom, grads)
+        loss, grads, aux = loss_and_grads(graphdef, params, batch, grad_accum=grad_accum, num_sources=num_sources,
+                                          mesh=mesh)
+        src_count = aux["source_tokens"]
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {
             "params": optax.apply_updates(params, updates),
@@ -82,11 +89,11 @@ def make_train_step(graphdef, optimizer, schedule, *, grad_accum: int, num_sourc
             "step": state["step"] + 1,
         }
         metrics = {
-            "loss": loss_sum / denom,
-            "grad_norm": optax.global_norm(grads),
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state["step"]),
-            "loss_tokens": n_tokens,
-            "source_loss": src_loss / jnp.maximum(src_count, 1.0),
+            "loss_tokens": aux["loss_tokens"],
+            "source_loss": aux["source_loss"] / jnp.maximum(src_count, 1.0),
             "source_tokens": src_count,
         }
         return new_state, metrics
