@@ -137,9 +137,12 @@ class FixtureStream:
         return doc
 
     def next_row(self) -> dict[str, np.ndarray]:
-        # Best fit: a document goes into the open row with the least room that still holds it; when none does and
-        # all bins are open, the fullest row is emitted.
+        # Best fit over a window of open rows kept in creation order: a document goes into the row with the least
+        # room that still holds it, else into a new row. Rows leave oldest first, once the oldest is full or the
+        # window overflows, so documents leave in roughly the order they were drawn (sources stay interleaved).
         while True:
+            if self._open and (self._open[0].free() == 0 or len(self._open) > self.num_bins):
+                return materialize(self._open.pop(0).pieces, self.seq_len)
             doc = self._next_document()
             need = len(doc.tokens) - 1
             fits = [r for r in self._open if r.free() >= need]
@@ -147,15 +150,8 @@ class FixtureStream:
                 row = min(fits, key=_Row.free)
                 row.pieces.append(doc)
                 row.used += need
-                continue
-            new = _Row(self.seq_len, [doc], need)
-            if len(self._open) < self.num_bins:
-                self._open.append(new)
-                continue
-            fullest = min(self._open, key=_Row.free)
-            self._open.remove(fullest)
-            self._open.append(new)
-            return materialize(fullest.pieces, self.seq_len)
+            else:
+                self._open.append(_Row(self.seq_len, [doc], need))
 
     def next_batch(self, rows: int) -> dict[str, np.ndarray]:
         batch = [self.next_row() for _ in range(rows)]

@@ -105,19 +105,23 @@ def train(cfg: Config, log=print) -> dict:
                             f"(no checkpoint has been saved in {run_dir})"
                         )
                 s, _, host = pending[-1]
+                # loss and loss/<source>: token-weighted means over the steps since the previous log line
+                n_tok = sum(float(m["loss_tokens"]) for m in fetched)
+                src_tok = sum(np.asarray(m["source_tokens"]) for m in fetched)
+                src_sum = sum(np.asarray(m["source_loss"]) * np.asarray(m["source_tokens"]) for m in fetched)
                 m = fetched[-1]
                 last = {
                     "step": s,
                     "stage": "main",
-                    "loss": float(m["loss"]),
-                    **{f"loss/{name}": float(m["source_loss"][i]) for i, name in enumerate(data.source_names)
-                       if m["source_tokens"][i] > 0},
+                    "loss": sum(float(f["loss"]) * float(f["loss_tokens"]) for f in fetched) / max(n_tok, 1.0),
+                    **{f"loss/{name}": float(src_sum[i] / src_tok[i]) for i, name in enumerate(data.source_names)
+                       if src_tok[i] > 0},
                     "lr": float(m["lr"]),
                     "grad_norm": float(m["grad_norm"]),
                     "tokens": host["tokens"],
                     "tokens_per_s": window_tokens / elapsed,
                     "mfu": window_flops / elapsed / peak,
-                    "fill": host["fill"],
+                    "fill": window_tokens / (len(fetched) * rows * seq),
                 }
                 writer.write(last)
                 first = first or last
@@ -141,4 +145,5 @@ def train(cfg: Config, log=print) -> dict:
     }
     if is_main:
         (run_dir / "data_stats.json").write_text(json.dumps({"main": summary["data"]}, indent=2))
+    summary["state"] = state  # the final train state (sharded arrays), for callers that continue with it
     return summary

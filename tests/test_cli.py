@@ -1,0 +1,55 @@
+"""sftjax-train end to end: the run directory contract, config errors, and divergence stops."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model=tiny", "model.attention_block=64", "data.seq_len=128", "train.global_batch_size=4",
+        "train.log_every=1"]
+
+
+def run_train(*args, timeout=300):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.run([sys.executable, "-m", "sftjax.cli.train", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_writes_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    r = run_train(f"run_dir={run_dir}", *TINY, "train.max_steps=4", "train.progress=false")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert [rec["step"] for rec in records] == [1, 2, 3, 4]
+    for key in ("step", "stage", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "fill"):
+        assert key in records[-1], key
+    # loss/<source> appears for every source that had loss tokens in the logged window
+    assert any("loss/arith" in rec for rec in records) and any("loss/prose" in rec for rec in records)
+    assert records[-1]["tokens"] > records[0]["tokens"] > 0
+    assert 0 < records[-1]["fill"] <= 1
+    stats = json.load(open(run_dir / "data_stats.json"))
+    assert set(stats["main"]) == {"arith", "prose"}
+    assert stats["main"]["arith"]["examples"] > 0
+    assert any((run_dir / "tb").iterdir())
+    assert "loss (step 1 -> 4)" in r.stdout
+
+
+def test_train_config_error_names_key(tmp_path):
+    r = run_train(f"run_dir={tmp_path / 'x'}", "optim.lr=-1")
+    assert r.returncode == 2
+    assert "optim.lr" in r.stderr and "positive" in r.stderr
+    r = run_train(f"run_dir={tmp_path / 'y'}", "train.max_stpes=3")
+    assert r.returncode != 0 and "max_stpes" in r.stderr
+
+
+def test_train_stops_on_nonfinite_loss(tmp_path):
+    r = run_train(f"run_dir={tmp_path / 'nan'}", *TINY, "train.max_steps=6", "optim.lr=1e30", "optim.grad_clip=0",
+                  "optim.warmup_ratio=0", "train.progress=false")
+    assert r.returncode == 3, r.stderr[-2000:]
+    assert "at step" in r.stderr and "Last good checkpoint" in r.stderr
