@@ -5,7 +5,7 @@ Batches: documents of realistic, varied SFT lengths (log-normal, median ~350 tok
 into 2048-token rows; attention is segment-isolated in both frameworks (HF builds a block-diagonal mask from the
 position_ids that reset per document). Prints tokens/s (real tokens), the ratio, sftjax MFU and compile time.
 
-    python bench/train_throughput.py [--steps 5] [--rows 1] [--skip-hf] [--attention blockwise] [--block 512]
+    python bench/train_throughput.py [--steps 5] [--rows 1] [--skip-hf] [--attention blockwise] [--block 256]
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--rows", type=int, default=1, help="2048-token rows per step")
     ap.add_argument("--attention", default="blockwise")
-    ap.add_argument("--block", type=int, default=512)
+    ap.add_argument("--block", type=int, default=256)
     ap.add_argument("--scan", action="store_true", help="lax.scan over layers")
     ap.add_argument("--remat", default="none")
     ap.add_argument("--peak", type=float, default=None, help="peak FLOP/s for MFU (default: the config default)")

@@ -83,7 +83,7 @@ class ModelConfig:
     scan_layers: bool = False  # lax.scan over layers (fast compile) or unrolled (fastest on the CPU backend)
     remat: str = "none"
     attention: str = "auto"  # auto: blockwise on CPU/TPU, sdpa (cuDNN) on GPU
-    attention_block: int = 512
+    attention_block: int = 256
     init_from: str = ""  # "" = random init; hf:DIR and run directories arrive with the checkpoint issue
 
     def validate(self) -> None:
@@ -240,9 +240,9 @@ class TrainConfig:
     grad_accum: int = 1
     log_every: int = 10
     save_every: int = 0  # checkpointing arrives with the checkpoint issue; 0 = never
-    # Peak FLOP/s of one device for MFU. The default is the XLA fp32 matmul peak measured on a 2-core CPU
-    # (bench/matmul_peak.py); pass your accelerator's number (e.g. 989e12 for an H100 in bf16).
-    peak_flops_per_device: float = 4.7e11
+    # Peak FLOP/s of one device for MFU. The default is the XLA fp32 matmul peak measured on the 2-core CPU we
+    # develop on (bench/matmul_peak.py: 216 GFLOP/s); pass your accelerator's number (e.g. 989e12 for H100 bf16).
+    peak_flops_per_device: float = 2.2e11
     progress: bool = True  # tqdm bar
     tensorboard: bool = True
 

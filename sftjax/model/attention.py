@@ -18,7 +18,7 @@ import jax.numpy as jnp
 _NEG = -1e30  # finite "minus infinity": fully-masked rows inside a block must not produce NaN
 
 
-def attention(q, k, v, segment_ids, positions, *, causal: bool = True, impl: str = "auto", block: int = 512):
+def attention(q, k, v, segment_ids, positions, *, causal: bool = True, impl: str = "auto", block: int = 256):
     if impl == "auto":
         impl = "sdpa" if jax.default_backend() == "gpu" else "blockwise"
     if impl == "dense":
@@ -59,7 +59,7 @@ def dense_attention(q, k, v, segment_ids, positions, *, causal=True):
     return out.reshape(b, s, h, d).astype(q.dtype)
 
 
-def blockwise_attention(q, k, v, segment_ids, positions, *, causal=True, block=512):
+def blockwise_attention(q, k, v, segment_ids, positions, *, causal=True, block=256):
     """Flash-style attention over [block x block] tiles in pure JAX (the CPU default), with a hand-written backward.
 
     Tiles above the diagonal are skipped statically when causal; tiles whose queries and keys share no segment (a
