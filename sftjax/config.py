@@ -27,7 +27,7 @@ def _require(ok: bool, key: str, expected: str, got: Any) -> None:
         raise ConfigError(f"config key '{key}': expected {expected}, got {got!r}")
 
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("auto", "dense", "blockwise", "sdpa")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
@@ -79,7 +79,8 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     init_std: float = 0.02
     # Compute dtype of activations and matmuls; parameters are always kept in float32.
-    dtype: str = "float32"
+    # auto: bfloat16 on GPU/TPU, float32 on CPU.
+    dtype: str = "auto"
     scan_layers: bool = False  # lax.scan over layers (fast compile) or unrolled (fastest on the CPU backend)
     remat: str = "none"
     attention: str = "auto"  # auto: blockwise on CPU/TPU, sdpa (cuDNN) on GPU

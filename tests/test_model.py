@@ -177,3 +177,15 @@ def test_model_matches_transformers_logits(variant):
         ref = hf_model(torch.from_numpy(ids).long()).logits.numpy()
     ours = np.asarray(model(jnp.asarray(ids), jnp.ones_like(ids), jnp.broadcast_to(jnp.arange(64), (2, 64))))
     np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+    rng = np.random.default_rng(2)
+    batch = packed_batch(rng, [[60, 60]], seq_len=128, vocab=512)
+    ref = np.asarray(logits_of(Llama(tiny(dtype="float32"), nnx.Rngs(0)), batch))
+    model = Llama(tiny(dtype="bfloat16"), nnx.Rngs(0))
+    out = logits_of(model, batch)
+    assert out.dtype == jnp.bfloat16
+    assert model.embed[...].dtype == jnp.float32  # parameters stay float32
+    real = batch["segment_ids"] > 0
+    np.testing.assert_allclose(np.asarray(out, np.float32)[real], ref[real], atol=0.05)

@@ -23,7 +23,9 @@ def _param(rngs: nnx.Rngs, shape, axes, std):
     return nnx.Param(jax.random.normal(rngs.params(), shape, jnp.float32) * std, logical_axes=axes)
 
 
-def _dtype(name: str):
+def compute_dtype(name: str):
+    if name == "auto":
+        return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
     return jnp.dtype(name)
 
 
@@ -130,7 +132,7 @@ class Llama(nnx.Module):
 
     def hidden_states(self, input_ids, segment_ids, positions):
         cfg = self.cfg
-        dt = jnp.dtype(cfg.dtype)
+        dt = compute_dtype(cfg.dtype)
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(dt)
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         cos, sin = rope_tables(positions, inverse_frequencies(cfg.resolved_head_dim, cfg.rope_theta, cfg.rope_scaling))
