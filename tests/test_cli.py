@@ -37,7 +37,13 @@ def test_train_writes_run_directory(tmp_path):
     assert set(stats["main"]) == {"arith", "prose"}
     assert stats["main"]["arith"]["examples"] > 0
     assert any((run_dir / "tb").iterdir())
-    assert "loss (step 1 -> 4)" in r.stdout
+    assert "loss (step 1 -> 4)" in r.stdout + r.stderr
+    assert "compiled train step" in (run_dir / "train.log").read_text()
+    # the same run directory again: refused with a clear message, nothing appended
+    again = run_train(f"run_dir={run_dir}", *TINY, "train.max_steps=2", "train.progress=false")
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
+    assert "train.max_steps=4" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # the record is untouched
 
 
 def test_train_config_error_names_key(tmp_path):

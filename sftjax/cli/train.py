@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -26,7 +27,7 @@ def _main(dcfg: DictConfig) -> None:
     from sftjax.train.loop import TrainingDiverged, train  # heavy imports after the config is known to be valid
 
     try:
-        summary = train(cfg, log=lambda msg: print(msg, flush=True))
+        summary = train(cfg, log=log.info)
     except ConfigError as e:
         print(f"sftjax-train: invalid config: {e}", file=sys.stderr)
         sys.exit(2)
@@ -37,16 +38,28 @@ def _main(dcfg: DictConfig) -> None:
     losses = ", ".join(
         f"{k[5:]} {first[k]:.3f} -> {last[k]:.3f}" for k in last if k.startswith("loss/") and k in first
     )
-    print(
+    log.info(
         f"done: {summary['steps']} steps, {summary['tokens']:,} tokens, compile {summary['compile_s']:.1f}s, "
         f"{last['tokens_per_s']:,.0f} tokens/s, MFU {last['mfu']:.1%}\n"
         f"loss (step {first['step']} -> {last['step']}): {first['loss']:.3f} -> {last['loss']:.3f} ({losses})\n"
-        f"run directory: {cfg.run_dir}",
-        flush=True,
+        f"run directory: {cfg.run_dir}"
     )
 
 
+def _refuse_existing_run(argv: list[str]) -> None:
+    """Checked before Hydra starts, because Hydra rewrites RUN_DIR/.hydra as soon as the job begins."""
+    for arg in argv:
+        if arg.startswith("run_dir="):
+            metrics = Path(arg.split("=", 1)[1]) / "metrics.jsonl"
+            if metrics.exists() and metrics.stat().st_size > 0:
+                print(f"sftjax-train: invalid config: config key 'run_dir': {metrics.parent} already holds a run "
+                      "(metrics.jsonl); resuming is not available yet, expected a new or empty run directory",
+                      file=sys.stderr)
+                sys.exit(2)
+
+
 def main() -> None:
+    _refuse_existing_run(sys.argv[1:])
     _main()
 
 

@@ -45,6 +45,12 @@ def train(cfg: Config, log=print) -> dict:
     mesh = make_mesh(mesh_shape)
     is_main = jax.process_index() == 0
     run_dir = Path(cfg.run_dir)
+    if (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size > 0:
+        # Resuming needs checkpoints (not written yet): refuse rather than append a second run's steps.
+        raise ConfigError(
+            f"config key 'run_dir': {run_dir} already holds a run (metrics.jsonl); resuming is not available yet, "
+            "expected a new or empty run directory"
+        )
 
     data = FixtureStream(cfg.data, seed=cfg.train.seed)
     if cfg.model.vocab_size < data.tokenizer.vocab_size:
