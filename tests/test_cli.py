@@ -54,6 +54,14 @@ def test_train_config_error_names_key(tmp_path):
     assert r.returncode != 0 and "max_stpes" in r.stderr
 
 
+def test_train_checks_that_need_devices_fail_before_compiling(tmp_path):
+    r = run_train(f"run_dir={tmp_path / 'm'}", "mesh.data=3")  # one CPU device in the subprocess
+    assert r.returncode == 2 and "'mesh'" in r.stderr and "device count 1" in r.stderr
+    assert "compiled" not in r.stdout + r.stderr
+    r = run_train(f"run_dir={tmp_path / 'v'}", "model.vocab_size=100")
+    assert r.returncode == 2 and "model.vocab_size" in r.stderr and ">= 258" in r.stderr
+
+
 def test_train_stops_on_nonfinite_loss(tmp_path):
     r = run_train(f"run_dir={tmp_path / 'nan'}", *TINY, "train.max_steps=6", "optim.lr=1e30", "optim.grad_clip=0",
                   "optim.warmup_ratio=0", "train.progress=false")
