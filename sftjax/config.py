@@ -336,5 +336,34 @@ def to_config(cfg: DictConfig | dict) -> Config:
     return obj
 
 
+def check_override_keys(overrides: list[str]) -> None:
+    """Reject a misspelled override before Hydra composes, naming the closest valid key.
+
+    Hydra would also refuse it, but without saying what the key should have been. Group selections (model=NAME),
+    Hydra's own keys and +/~ edits are left to Hydra; keys below free-form dicts (data.sources.NAME) are not checked.
+    """
+    import difflib
+
+    schema = OmegaConf.structured(Config)
+    for arg in overrides:
+        if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
+            continue
+        key = arg.split("=", 1)[0]
+        node, done = schema, []
+        for part in key.split("."):
+            if node is None or not OmegaConf.is_dict(node) or node._is_none():
+                break
+            if not dataclasses.is_dataclass(OmegaConf.get_type(node)):
+                break  # a free-form mapping such as data.sources
+            valid = sorted(node.keys())  # `part in node` is False for a required ("???") value, keys() is not
+            if part not in valid:
+                where = ".".join(done) or "the top level"
+                close = difflib.get_close_matches(part, valid, n=1)
+                hint = f" (did you mean '{'.'.join(done + close)}'?)" if close else ""
+                raise ConfigError(f"unknown config key '{key}'{hint}; keys under {where}: {', '.join(valid)}")
+            done.append(part)
+            node = node._get_node(part)
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)

@@ -51,7 +51,7 @@ def test_train_config_error_names_key(tmp_path):
     assert r.returncode == 2
     assert "optim.lr" in r.stderr and "positive" in r.stderr
     r = run_train(f"run_dir={tmp_path / 'y'}", "train.max_stpes=3")
-    assert r.returncode != 0 and "max_stpes" in r.stderr
+    assert r.returncode == 2 and "did you mean 'train.max_steps'" in r.stderr
 
 
 def test_train_checks_that_need_devices_fail_before_compiling(tmp_path):

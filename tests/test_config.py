@@ -65,3 +65,15 @@ def test_config_batch_must_split_over_data_shards():
     cfg = compose("mesh.data=-1", "train.global_batch_size=4")
     with pytest.raises(ConfigError, match="train.global_batch_size"):
         cfg.check_devices(8)
+
+
+def test_config_misspelled_override_suggests_the_key():
+    from sftjax.config import check_override_keys
+
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.max_stpes' \(did you mean 'train.max_steps'\?\)"):
+        check_override_keys(["train.max_stpes=3"])
+    with pytest.raises(ConfigError, match="keys under model:.*hidden_size"):
+        check_override_keys(["model.hiden=3"])
+    # valid keys, group selections, free-form source names and Hydra's own keys pass
+    check_override_keys(["train.max_steps=3", "model=tiny", "data.sources.mine.path=x.jsonl", "hydra.verbose=true",
+                         "model.rope_scaling.factor=8", "+extra=1"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from sftjax.config import ConfigError, register_configs, to_config
+from sftjax.config import ConfigError, check_override_keys, register_configs, to_config
 
 log = logging.getLogger("sftjax")
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" is not news on CPU/GPU
@@ -59,6 +59,11 @@ def _refuse_existing_run(argv: list[str]) -> None:
 
 
 def main() -> None:
+    try:
+        check_override_keys(sys.argv[1:])
+    except ConfigError as e:
+        print(f"sftjax-train: invalid config: {e}", file=sys.stderr)
+        sys.exit(2)
     _refuse_existing_run(sys.argv[1:])
     _main()
 
