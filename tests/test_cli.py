@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny", "model.attention_block=64", "data.seq_len=128", "train.global_batch_size=4",

@@ -7,7 +7,6 @@ and Llama 3 scaling). Parameters are float32 with logical axis names in their ``
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp

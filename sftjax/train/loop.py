@@ -104,7 +104,7 @@ def train(cfg: Config, log=print) -> dict:
             if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
                 fetched = jax.device_get([m for _, m, _ in pending])
                 elapsed = time.perf_counter() - window_start
-                for (s, _, host), m in zip(pending, fetched):
+                for (s, _, _), m in zip(pending, fetched, strict=True):
                     if not math.isfinite(float(m["loss"])):
                         raise TrainingDiverged(
                             f"loss is {float(m['loss'])} at step {s}; stopping. Last good checkpoint: none "
