@@ -91,7 +91,7 @@ def bench_hf(args, batches):
     cfg = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
                       num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=SEQ,
                       tie_word_embeddings=False)
-    model = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa", torch_dtype=torch.float32)
+    model = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
 
@@ -113,7 +113,7 @@ def bench_hf(args, batches):
     t = time.perf_counter()
     for b in batches[args.warmup :]:
         loss = step(b)
-    return time.perf_counter() - t, float(loss)
+    return time.perf_counter() - t, float(loss.detach())
 
 
 def main():
