@@ -75,9 +75,29 @@ def blockwise_attention(q, k, v, segment_ids, positions, *, causal=True, block=2
     return _flash(q, k, v, segment_ids, positions, causal, bq)
 
 
-def _tiles(s, bq, causal):
-    n = s // bq
-    return n, [(i, j) for i in range(n) for j in range(i + 1 if causal else n)]
+def _head_major(x, kv_heads):
+    """[b, s, h, d] -> [b, kv, g, s, d]: each tile is then a contiguous slice and tile matmuls need no transposes."""
+    return jnp.transpose(_grouped(x, kv_heads), (0, 2, 3, 1, 4))
+
+
+def _from_head_major(x):
+    """[b, kv, g, s, d] -> [b, s, kv * g, d]."""
+    b, kv, g, s, d = x.shape
+    return jnp.transpose(x, (0, 3, 1, 2, 4)).reshape(b, s, kv * g, d)
+
+
+def _rows(x, i, bq):
+    """Tile i along the sequence axis of a [b, s, ...] array."""
+    return x[:, i * bq : (i + 1) * bq]
+
+
+def _tile(x, i, bq):
+    """Tile i along the sequence axis of a head-major [..., s, d] array."""
+    return x[..., i * bq : (i + 1) * bq, :]
+
+
+def _scores(qi, kj, scale):
+    return jnp.einsum("bkgqd,bktd->bkgqt", qi, kj, preferred_element_type=jnp.float32) * scale
 
 
 def _flash_forward(q, k, v, segment_ids, positions, causal, bq):
@@ -85,26 +105,22 @@ def _flash_forward(q, k, v, segment_ids, positions, causal, bq):
     kv_heads = k.shape[2]
     g = h // kv_heads
     scale = 1.0 / float(d) ** 0.5
-    n, _ = _tiles(s, bq, causal)
-    # head-major layout: each tile below is a contiguous slice, and the tile matmuls need no transposes
-    qg = jnp.transpose(_grouped(q, kv_heads), (0, 2, 3, 1, 4))  # [b, kv, g, s, d]
-    kh = jnp.transpose(k, (0, 2, 1, 3))  # [b, kv, s, d]
-    vh = jnp.transpose(v, (0, 2, 1, 3))
-    blk = lambda x, i: x[:, i * bq : (i + 1) * bq]  # noqa: E731
-    hblk = lambda x, i: x[..., i * bq : (i + 1) * bq, :]  # noqa: E731
+    n = s // bq
+    qg = _head_major(q, kv_heads)  # [b, kv, g, s, d]
+    kh, vh = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [b, kv, s, d]
     outs, lses = [], []
     for i in range(n):
-        qi, seg_i, pos_i = hblk(qg, i), blk(segment_ids, i), blk(positions, i)
+        qi, seg_i, pos_i = _tile(qg, i, bq), _rows(segment_ids, i, bq), _rows(positions, i, bq)
         m = jnp.full((b, kv_heads, g, bq), _NEG, jnp.float32)
         l = jnp.zeros((b, kv_heads, g, bq), jnp.float32)
         acc = jnp.zeros((b, kv_heads, g, bq, d), jnp.float32)
         for j in range(i + 1 if causal else n):
-            kj, vj = hblk(kh, j), hblk(vh, j)
-            mask = _mask(seg_i, pos_i, blk(segment_ids, j), blk(positions, j), causal)
+            kj, vj = _tile(kh, j, bq), _tile(vh, j, bq)
+            mask = _mask(seg_i, pos_i, _rows(segment_ids, j, bq), _rows(positions, j, bq), causal)
 
             def update(carry, qi=qi, kj=kj, vj=vj, mask=mask):
                 m, l, acc = carry
-                sc = jnp.einsum("bkgqd,bktd->bkgqt", qi, kj, preferred_element_type=jnp.float32) * scale
+                sc = _scores(qi, kj, scale)
                 valid = mask[:, None, None]
                 m_new = jnp.maximum(m, jnp.where(valid, sc, _NEG).max(axis=-1))
                 p = jnp.where(valid, jnp.exp(sc - m_new[..., None]), 0.0)
@@ -120,7 +136,7 @@ def _flash_forward(q, k, v, segment_ids, positions, causal, bq):
                 m, l, acc = jax.lax.cond(mask.any(), update, lambda c: c, (m, l, acc))
         outs.append(acc / l[..., None])
         lses.append(m + jnp.log(l))  # [b, kv, g, bq]
-    out = jnp.transpose(jnp.concatenate(outs, axis=3), (0, 3, 1, 2, 4)).reshape(b, s, h, d).astype(q.dtype)
+    out = _from_head_major(jnp.concatenate(outs, axis=3)).astype(q.dtype)
     return out, jnp.concatenate(lses, axis=-1)
 
 
@@ -130,29 +146,25 @@ def _flash_backward(causal, bq, res, dout):
     kv_heads = k.shape[2]
     g = h // kv_heads
     scale = 1.0 / float(d) ** 0.5
-    n, _ = _tiles(s, bq, causal)
-    head_major = lambda x: jnp.transpose(_grouped(x, kv_heads), (0, 2, 3, 1, 4))  # noqa: E731  [b, kv, g, s, d]
-    qg, dog = head_major(q), head_major(dout).astype(jnp.float32)
-    kh = jnp.transpose(k, (0, 2, 1, 3))
-    vh = jnp.transpose(v, (0, 2, 1, 3))
+    n = s // bq
+    qg, dog = _head_major(q, kv_heads), _head_major(dout, kv_heads).astype(jnp.float32)
+    kh, vh = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))
     # delta = rowsum(dO * O): the softmax-Jacobian correction term, [b, kv, g, s]
-    delta = jnp.sum(dog * head_major(out).astype(jnp.float32), axis=-1)
-    blk = lambda x, i: x[:, i * bq : (i + 1) * bq]  # noqa: E731
-    hblk = lambda x, i: x[..., i * bq : (i + 1) * bq, :]  # noqa: E731
+    delta = jnp.sum(dog * _head_major(out, kv_heads).astype(jnp.float32), axis=-1)
     dq = [jnp.zeros((b, kv_heads, g, bq, d), jnp.float32) for _ in range(n)]
     dk = [jnp.zeros((b, kv_heads, bq, d), jnp.float32) for _ in range(n)]
     dv = [jnp.zeros((b, kv_heads, bq, d), jnp.float32) for _ in range(n)]
     for i in range(n):
-        qi, doi, seg_i, pos_i = hblk(qg, i), hblk(dog, i), blk(segment_ids, i), blk(positions, i)
+        qi, doi, seg_i, pos_i = _tile(qg, i, bq), _tile(dog, i, bq), _rows(segment_ids, i, bq), _rows(positions, i, bq)
         lse_i = lse[..., i * bq : (i + 1) * bq]
         delta_i = delta[..., i * bq : (i + 1) * bq]
         for j in range(i + 1 if causal else n):
-            kj, vj = hblk(kh, j), hblk(vh, j)
-            mask = _mask(seg_i, pos_i, blk(segment_ids, j), blk(positions, j), causal)
+            kj, vj = _tile(kh, j, bq), _tile(vh, j, bq)
+            mask = _mask(seg_i, pos_i, _rows(segment_ids, j, bq), _rows(positions, j, bq), causal)
 
             def grads(carry, qi=qi, doi=doi, kj=kj, vj=vj, mask=mask, lse_i=lse_i, delta_i=delta_i):
                 dq_i, dk_j, dv_j = carry
-                sc = jnp.einsum("bkgqd,bktd->bkgqt", qi, kj, preferred_element_type=jnp.float32) * scale
+                sc = _scores(qi, kj, scale)
                 p = jnp.where(mask[:, None, None], jnp.exp(sc - lse_i[..., None]), 0.0)
                 dv_j = dv_j + jnp.einsum("bkgqt,bkgqd->bktd", p, doi, preferred_element_type=jnp.float32)
                 dp = jnp.einsum("bkgqd,bktd->bkgqt", doi, vj, preferred_element_type=jnp.float32)
@@ -167,7 +179,7 @@ def _flash_backward(causal, bq, res, dout):
             else:
                 carry = jax.lax.cond(mask.any(), grads, lambda c: c, carry)
             dq[i], dk[j], dv[j] = carry
-    dq = jnp.transpose(jnp.concatenate(dq, axis=3), (0, 3, 1, 2, 4)).reshape(b, s, h, d).astype(q.dtype)
+    dq = _from_head_major(jnp.concatenate(dq, axis=3)).astype(q.dtype)
     dk = jnp.transpose(jnp.concatenate(dk, axis=2), (0, 2, 1, 3)).astype(k.dtype)
     dv = jnp.transpose(jnp.concatenate(dv, axis=2), (0, 2, 1, 3)).astype(v.dtype)
     return dq, dk, dv, None, None
