@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from sftjax.config import Config, DataConfig, MeshConfig, ModelConfig, OptimConfig, SourceConfig, TrainConfig
-from sftjax.data.fixture import FIXTURE_DIR, Document, materialize
+from sftjax.config import (
+    FIXTURE_DIR,
+    Config,
+    DataConfig,
+    MeshConfig,
+    ModelConfig,
+    OptimConfig,
+    SourceConfig,
+    TrainConfig,
+)
+from sftjax.data.fixture import Document, materialize
 
 
 def random_documents(rng: np.random.Generator, lengths, vocab: int, prompt_frac: float = 0.3, source: int = 0):

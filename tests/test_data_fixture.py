@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from sftjax.config import ConfigError, DataConfig, SourceConfig
-from sftjax.data.fixture import FIXTURE_DIR, ByteTokenizer, FixtureStream
+from sftjax.config import FIXTURE_DIR, ConfigError, DataConfig, SourceConfig
+from sftjax.data.fixture import ByteTokenizer, FixtureStream
 from tests.helpers import tiny_config
 
 

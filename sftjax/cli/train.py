@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from sftjax.config import ConfigError, check_override_keys, register_configs, to_config
+from sftjax.train.run_dir import ensure_new_run_dir
 
 log = logging.getLogger("sftjax")
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" is not news on CPU/GPU
@@ -46,25 +46,17 @@ def _main(dcfg: DictConfig) -> None:
     )
 
 
-def _refuse_existing_run(argv: list[str]) -> None:
-    """Checked before Hydra starts, because Hydra rewrites RUN_DIR/.hydra as soon as the job begins."""
-    for arg in argv:
-        if arg.startswith("run_dir="):
-            metrics = Path(arg.split("=", 1)[1]) / "metrics.jsonl"
-            if metrics.exists() and metrics.stat().st_size > 0:
-                print(f"sftjax-train: invalid config: config key 'run_dir': {metrics.parent} already holds a run "
-                      "(metrics.jsonl); resuming is not available yet, expected a new or empty run directory",
-                      file=sys.stderr)
-                sys.exit(2)
-
-
 def main() -> None:
+    argv = sys.argv[1:]
     try:
-        check_override_keys(sys.argv[1:])
+        check_override_keys(argv)
+        # Checked before Hydra starts too, because Hydra rewrites RUN_DIR/.hydra as soon as the job begins.
+        for arg in argv:
+            if arg.startswith("run_dir="):
+                ensure_new_run_dir(arg.split("=", 1)[1])
     except ConfigError as e:
         print(f"sftjax-train: invalid config: {e}", file=sys.stderr)
         sys.exit(2)
-    _refuse_existing_run(sys.argv[1:])
     _main()
 
 

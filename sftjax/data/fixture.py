@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sftjax.config import FIXTURE_DIR, ConfigError, DataConfig  # noqa: F401 (FIXTURE_DIR re-exported)
+from sftjax.config import ConfigError, DataConfig
 
 
 class ByteTokenizer:

@@ -17,6 +17,7 @@ from sftjax.model.flops import matmul_params, train_flops
 from sftjax.parallel.mesh import initialize_distributed, make_mesh
 from sftjax.train.metrics import MetricsWriter
 from sftjax.train.optimizer import make_optimizer
+from sftjax.train.run_dir import ensure_new_run_dir
 from sftjax.train.state import init_train_state
 from sftjax.train.step import BATCH_DTYPES, batch_shardings, jit_train_step, make_train_step
 
@@ -45,12 +46,7 @@ def train(cfg: Config, log=print) -> dict:
     mesh = make_mesh(mesh_shape)
     is_main = jax.process_index() == 0
     run_dir = Path(cfg.run_dir)
-    if (run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size > 0:
-        # Resuming needs checkpoints (not written yet): refuse rather than append a second run's steps.
-        raise ConfigError(
-            f"config key 'run_dir': {run_dir} already holds a run (metrics.jsonl); resuming is not available yet, "
-            "expected a new or empty run directory"
-        )
+    ensure_new_run_dir(run_dir)
 
     data = FixtureStream(cfg.data, seed=cfg.train.seed)
     if cfg.model.vocab_size < data.tokenizer.vocab_size:
@@ -84,7 +80,7 @@ def train(cfg: Config, log=print) -> dict:
     writer = MetricsWriter(run_dir, enabled=is_main, tensorboard=cfg.train.tensorboard)
     peak = cfg.train.peak_flops_per_device * jax.device_count()
     total_tokens = 0
-    pending: list[tuple[int, dict, dict]] = []  # (step, device metrics, host stats) awaiting the next log
+    pending: list[tuple[int, dict, int]] = []  # (step, device metrics, cumulative tokens) awaiting the next log
     window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0
     first: dict = {}
     last: dict = {}
@@ -99,7 +95,7 @@ def train(cfg: Config, log=print) -> dict:
             total_tokens += real
             window_tokens += real
             window_flops += flops
-            pending.append((step, metrics, {"tokens": total_tokens, "fill": real / (rows * seq)}))
+            pending.append((step, metrics, total_tokens))
             bar.update(1)
             if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
                 fetched = jax.device_get([m for _, m, _ in pending])
@@ -110,7 +106,7 @@ def train(cfg: Config, log=print) -> dict:
                             f"loss is {float(m['loss'])} at step {s}; stopping. Last good checkpoint: none "
                             f"(no checkpoint has been saved in {run_dir})"
                         )
-                s, _, host = pending[-1]
+                s, _, tokens = pending[-1]
                 # loss and loss/<source>: token-weighted means over the steps since the previous log line
                 n_tok = sum(float(m["loss_tokens"]) for m in fetched)
                 src_tok = sum(np.asarray(m["source_tokens"]) for m in fetched)
@@ -124,7 +120,7 @@ def train(cfg: Config, log=print) -> dict:
                        if src_tok[i] > 0},
                     "lr": float(m["lr"]),
                     "grad_norm": float(m["grad_norm"]),
-                    "tokens": host["tokens"],
+                    "tokens": tokens,
                     "tokens_per_s": window_tokens / elapsed,
                     "mfu": window_flops / elapsed / peak,
                     "fill": window_tokens / (len(fetched) * rows * seq),
@@ -142,7 +138,6 @@ def train(cfg: Config, log=print) -> dict:
         "steps": cfg.train.max_steps,
         "first_log": first,
         "last_log": last,
-        "final_loss": last.get("loss"),
         "tokens": total_tokens,
         "compile_s": compile_s,
         "params": n_params,
