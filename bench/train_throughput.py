@@ -11,13 +11,14 @@ position_ids that reset per document). Prints tokens/s (real tokens), the ratio,
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import jax
 import numpy as np
 
 from sftjax.config import ModelConfig, OptimConfig
-from sftjax.data.fixture import Document, materialize
+from sftjax.data.fixture import Document, pack_rows
 from sftjax.model.flops import train_flops
 from sftjax.parallel.mesh import make_mesh
 from sftjax.train.loop import attended_pairs, global_batch_to_device
@@ -35,30 +36,16 @@ def model_config(args) -> ModelConfig:
 
 
 def packed_rows(n_rows: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Best-fit packing of synthetic documents with realistic SFT lengths (shared by both frameworks)."""
+    """Synthetic documents with realistic SFT lengths, packed by sftjax's packer (shared by both frameworks)."""
     rng = np.random.default_rng(seed)
-    bins: list[list[Document]] = []
-    free: list[int] = []
-    rows = []
-    while len(rows) < n_rows:
-        n = int(np.clip(rng.lognormal(np.log(350), 0.9), 16, SEQ + 1))
-        prompt = int(n * rng.uniform(0.1, 0.6))
-        tokens = rng.integers(3, 32000, n).astype(np.int32)
-        trained = np.arange(n) >= prompt
-        doc = Document(tokens, trained, 0)
-        need = n - 1
-        fits = [i for i, f in enumerate(free) if f >= need]
-        if fits:
-            i = min(fits, key=lambda i: free[i])
-            bins[i].append(doc)
-            free[i] -= need
-        elif len(bins) < 8:
-            bins.append([doc])
-            free.append(SEQ - need)
-        else:
-            i = min(range(len(bins)), key=lambda i: free[i])
-            rows.append(materialize(bins[i], SEQ))
-            bins[i], free[i] = [doc], SEQ - need
+
+    def documents():
+        while True:
+            n = int(np.clip(rng.lognormal(np.log(350), 0.9), 16, SEQ + 1))
+            prompt = int(n * rng.uniform(0.1, 0.6))
+            yield Document(rng.integers(3, 32000, n).astype(np.int32), np.arange(n) >= prompt, 0)
+
+    rows = list(itertools.islice(pack_rows(documents(), SEQ, num_bins=8), n_rows))
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -102,6 +103,24 @@ class _Row:
         return self.seq_len - self.used
 
 
+def pack_rows(documents: Iterator[Document], seq_len: int, num_bins: int = 16) -> Iterator[dict[str, np.ndarray]]:
+    """Best fit over a window of open rows kept in creation order: a document goes into the row with the least room
+    that still holds it, else into a new row. Rows leave oldest first, once the oldest is full or the window
+    overflows, so documents leave in roughly the order they were drawn (sources stay interleaved)."""
+    open_rows: list[_Row] = []
+    for doc in documents:
+        need = len(doc.tokens) - 1
+        fits = [r for r in open_rows if r.free() >= need]
+        if fits:
+            row = min(fits, key=_Row.free)
+            row.pieces.append(doc)
+            row.used += need
+        else:
+            open_rows.append(_Row(seq_len, [doc], need))
+        while open_rows and (open_rows[0].free() == 0 or len(open_rows) > num_bins):
+            yield materialize(open_rows.pop(0).pieces, seq_len)
+
+
 class FixtureStream:
     """Infinite, seeded stream of packed rows mixed from the configured sources by weight (per document)."""
 
@@ -118,10 +137,9 @@ class FixtureStream:
         w = np.asarray([cfg.sources[n].weight for n in self.source_names], np.float64)
         self.weights = w / w.sum()
         self.rng = np.random.default_rng(seed)
-        self.num_bins = num_bins
         self._orders = [self.rng.permutation(len(d)) for d in self.docs]
         self._cursor = [0] * len(self.docs)
-        self._open: list[_Row] = []
+        self._rows = pack_rows(self._documents(), self.seq_len, num_bins)
 
     def _next_document(self) -> Document:
         s = int(self.rng.choice(len(self.docs), p=self.weights))
@@ -136,22 +154,12 @@ class FixtureStream:
         st.loss_tokens += int(doc.trained[1:].sum())
         return doc
 
-    def next_row(self) -> dict[str, np.ndarray]:
-        # Best fit over a window of open rows kept in creation order: a document goes into the row with the least
-        # room that still holds it, else into a new row. Rows leave oldest first, once the oldest is full or the
-        # window overflows, so documents leave in roughly the order they were drawn (sources stay interleaved).
+    def _documents(self) -> Iterator[Document]:
         while True:
-            if self._open and (self._open[0].free() == 0 or len(self._open) > self.num_bins):
-                return materialize(self._open.pop(0).pieces, self.seq_len)
-            doc = self._next_document()
-            need = len(doc.tokens) - 1
-            fits = [r for r in self._open if r.free() >= need]
-            if fits:
-                row = min(fits, key=_Row.free)
-                row.pieces.append(doc)
-                row.used += need
-            else:
-                self._open.append(_Row(self.seq_len, [doc], need))
+            yield self._next_document()
+
+    def next_row(self) -> dict[str, np.ndarray]:
+        return next(self._rows)
 
     def next_batch(self, rows: int) -> dict[str, np.ndarray]:
         batch = [self.next_row() for _ in range(rows)]
