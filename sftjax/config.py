@@ -343,26 +343,28 @@ def check_override_keys(overrides: list[str]) -> None:
     Hydra's own keys and +/~ edits are left to Hydra; keys below free-form dicts (data.sources.NAME) are not checked.
     """
     import difflib
+    import typing
 
-    schema = OmegaConf.structured(Config)
     for arg in overrides:
         if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
             continue
         key = arg.split("=", 1)[0]
-        node, done = schema, []
+        schema: Any = Config
+        done: list[str] = []
         for part in key.split("."):
-            if node is None or not OmegaConf.is_dict(node) or node._is_none():
-                break
-            if not dataclasses.is_dataclass(OmegaConf.get_type(node)):
-                break  # a free-form mapping such as data.sources
-            valid = sorted(node.keys())  # `part in node` is False for a required ("???") value, keys() is not
-            if part not in valid:
+            if not dataclasses.is_dataclass(schema):
+                break  # a scalar or a free-form mapping such as data.sources
+            hints = typing.get_type_hints(schema)
+            if part not in hints:
                 where = ".".join(done) or "the top level"
+                valid = sorted(hints)
                 close = difflib.get_close_matches(part, valid, n=1)
                 hint = f" (did you mean '{'.'.join(done + close)}'?)" if close else ""
                 raise ConfigError(f"unknown config key '{key}'{hint}; keys under {where}: {', '.join(valid)}")
             done.append(part)
-            node = node._get_node(part)
+            # Optional[X] -> X; other generics (dict[str, X]) are free-form and stop the walk
+            args = [a for a in typing.get_args(hints[part]) if a is not type(None)]
+            schema = args[0] if typing.get_origin(hints[part]) is typing.Union and len(args) == 1 else hints[part]
 
 
 def to_dict(cfg: Config) -> dict:
