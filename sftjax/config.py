@@ -30,6 +30,7 @@ def _require(ok: bool, key: str, expected: str, got: Any) -> None:
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("auto", "dense", "blockwise", "sdpa")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ARCHITECTURES = ("llama", "mistral", "qwen2")
 
 
 @dataclass
@@ -64,6 +65,8 @@ class ModelConfig:
     """One Llama-family architecture; Llama 1/2/3, Mistral, Qwen2 and SmolLM2 differ only in these flags."""
 
     name: str = "tiny"
+    # The Hugging Face model_type this maps to on export (llama | mistral | qwen2); it changes no computation.
+    architecture: str = "llama"
     vocab_size: int = 512
     hidden_size: int = 64
     intermediate_size: int = 176
@@ -85,7 +88,9 @@ class ModelConfig:
     remat: str = "none"
     attention: str = "auto"  # auto: blockwise on CPU/TPU, sdpa (cuDNN) on GPU
     attention_block: int = 256
-    init_from: str = ""  # "" = random init; hf:DIR and run directories arrive with the checkpoint issue
+    # "" = random init; "hf:DIR" (or "hf:org/name" with a network) = a Hugging Face model; otherwise a run directory
+    # or an sftjax checkpoint directory (its latest checkpoint's parameters; the optimizer starts fresh).
+    init_from: str = ""
 
     def validate(self) -> None:
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
@@ -113,11 +118,10 @@ class ModelConfig:
         _require(self.rope_theta > 0, "model.rope_theta", "a positive number", self.rope_theta)
         _require(self.rms_norm_eps > 0, "model.rms_norm_eps", "a positive number", self.rms_norm_eps)
         _require(self.init_std > 0, "model.init_std", "a positive number", self.init_std)
-        if self.init_from:
-            raise ConfigError(
-                f"config key 'model.init_from': loading weights ({self.init_from!r}) is not available yet; "
-                "expected '' (random init)"
-            )
+        _require(self.architecture in ARCHITECTURES, "model.architecture", f"one of {ARCHITECTURES}",
+                 self.architecture)
+        if self.init_from.startswith("hf:"):
+            _require(len(self.init_from) > 3, "model.init_from", "'hf:DIR' or 'hf:org/name'", self.init_from)
 
     @property
     def resolved_head_dim(self) -> int:
@@ -240,7 +244,16 @@ class TrainConfig:
     global_batch_size: int = 8  # rows of data.seq_len per optimizer step, over all devices and micro-batches
     grad_accum: int = 1
     log_every: int = 10
-    save_every: int = 0  # checkpointing arrives with the checkpoint issue; 0 = never
+    # Checkpoints (Orbax, async) go to RUN_DIR/checkpoints every save_every steps (0: only at the end and on
+    # SIGTERM/SIGINT); the last keep_last are kept, plus the keep_best best by best_metric (a metrics.jsonl key).
+    save_every: int = 0
+    keep_last: int = 2
+    keep_best: int = 0
+    best_metric: str = "loss"
+    best_mode: str = "min"
+    async_checkpointing: bool = True
+    export_hf: bool = False  # write RUN_DIR/hf (Hugging Face format) at the end
+    export_dtype: str = "float32"
     # Peak FLOP/s of one device for MFU. The default is the XLA fp32 matmul peak measured on the 2-core CPU we
     # develop on (bench/matmul_peak.py: 216 GFLOP/s); pass your accelerator's number (e.g. 989e12 for H100 bf16).
     peak_flops_per_device: float = 2.2e11
@@ -260,6 +273,11 @@ class TrainConfig:
         )
         _require(self.log_every >= 1, "train.log_every", "a positive integer", self.log_every)
         _require(self.save_every >= 0, "train.save_every", "an integer >= 0", self.save_every)
+        _require(self.keep_last >= 1, "train.keep_last", "a positive integer", self.keep_last)
+        _require(self.keep_best >= 0, "train.keep_best", "an integer >= 0", self.keep_best)
+        _require(self.best_mode in ("min", "max"), "train.best_mode", "'min' or 'max'", self.best_mode)
+        _require(self.export_dtype in ("float32", "bfloat16", "float16"), "train.export_dtype",
+                 "float32, bfloat16 or float16", self.export_dtype)
         _require(self.peak_flops_per_device > 0, "train.peak_flops_per_device", "a positive number",
                  self.peak_flops_per_device)
 
@@ -333,6 +351,13 @@ def to_config(cfg: DictConfig | dict) -> Config:
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, Config)
     obj.validate()
+    return obj
+
+
+def to_model_config(values: dict) -> ModelConfig:
+    """A ModelConfig from a plain dict (as stored in checkpoints), type-checked by the schema."""
+    obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), values))
+    assert isinstance(obj, ModelConfig)
     return obj
 
 

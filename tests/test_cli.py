@@ -12,10 +12,15 @@ TINY = ["model=tiny", "model.attention_block=64", "data.seq_len=128", "train.glo
         "train.log_every=1"]
 
 
-def run_train(*args, timeout=300):
+def train_env() -> dict:
+    """One CPU device in the subprocess (the test process itself simulates 8)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    return subprocess.run([sys.executable, "-m", "sftjax.cli.train", *args], env=env, cwd=ROOT,
+    return env
+
+
+def run_train(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "sftjax.cli.train", *args], env=train_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -38,11 +43,17 @@ def test_train_writes_run_directory(tmp_path):
     assert any((run_dir / "tb").iterdir())
     assert "loss (step 1 -> 4)" in r.stdout + r.stderr
     assert "compiled train step" in (run_dir / "train.log").read_text()
-    # the same run directory again: refused with a clear message, nothing appended
+    assert (run_dir / "checkpoints" / "4").is_dir()  # the end of a run is always checkpointed
+
+
+def test_run_directory_without_checkpoints_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 1}\n')
     again = run_train(f"run_dir={run_dir}", *TINY, "train.max_steps=2", "train.progress=false")
-    assert again.returncode == 2 and "already holds a run" in again.stderr
-    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 4
-    assert "train.max_steps=4" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # the record is untouched
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "no checkpoint" in again.stderr
+    assert (run_dir / "metrics.jsonl").read_text() == '{"step": 1}\n'  # nothing appended
+    assert not (run_dir / ".hydra").exists()  # refused before Hydra writes anything
 
 
 def test_train_config_error_names_key(tmp_path):

@@ -9,10 +9,11 @@ import hydra
 from omegaconf import DictConfig
 
 from sftjax.config import ConfigError, check_override_keys, register_configs, to_config
-from sftjax.train.run_dir import ensure_new_run_dir
+from sftjax.train.run_dir import check_run_dir
 
 log = logging.getLogger("sftjax")
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" is not news on CPU/GPU
+logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax narrates every save at INFO
 
 register_configs()
 
@@ -24,7 +25,7 @@ def _main(dcfg: DictConfig) -> None:
     except ConfigError as e:
         print(f"sftjax-train: invalid config: {e}", file=sys.stderr)
         sys.exit(2)
-    from sftjax.train.loop import TrainingDiverged, train  # heavy imports after the config is known to be valid
+    from sftjax.train.loop import Preempted, TrainingDiverged, train  # heavy imports once the config is valid
 
     try:
         summary = train(cfg, log=log.info)
@@ -34,6 +35,9 @@ def _main(dcfg: DictConfig) -> None:
     except TrainingDiverged as e:
         print(f"sftjax-train: training diverged: {e}", file=sys.stderr)
         sys.exit(3)
+    except Preempted as e:
+        print(f"sftjax-train: stopped by {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
     first, last = summary["first_log"], summary["last_log"]
     losses = ", ".join(
         f"{k[5:]} {first[k]:.3f} -> {last[k]:.3f}" for k in last if k.startswith("loss/") and k in first
@@ -53,7 +57,7 @@ def main() -> None:
         # Checked before Hydra starts too, because Hydra rewrites RUN_DIR/.hydra as soon as the job begins.
         for arg in argv:
             if arg.startswith("run_dir="):
-                ensure_new_run_dir(arg.split("=", 1)[1])
+                check_run_dir(arg.split("=", 1)[1])
     except ConfigError as e:
         print(f"sftjax-train: invalid config: {e}", file=sys.stderr)
         sys.exit(2)

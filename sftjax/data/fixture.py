@@ -136,6 +136,8 @@ class FixtureStream:
         ]
         w = np.asarray([cfg.sources[n].weight for n in self.source_names], np.float64)
         self.weights = w / w.sum()
+        self.seed = seed
+        self.rows_emitted = 0
         self.rng = np.random.default_rng(seed)
         self._orders = [self.rng.permutation(len(d)) for d in self.docs]
         self._cursor = [0] * len(self.docs)
@@ -159,7 +161,23 @@ class FixtureStream:
             yield self._next_document()
 
     def next_row(self) -> dict[str, np.ndarray]:
+        self.rows_emitted += 1
         return next(self._rows)
+
+    def state(self) -> dict:
+        """What a checkpoint needs to continue this stream exactly: the stream is a pure function of the config
+        and seed, so the number of rows handed out is its whole state (the Grain pipeline will checkpoint its own
+        iterator instead)."""
+        return {"kind": "fixture", "seed": self.seed, "rows": self.rows_emitted}
+
+    def restore(self, state: dict) -> None:
+        """Replay a fresh stream up to a checkpoint's position (statistics are recounted along the way)."""
+        if state.get("kind") != "fixture" or state.get("seed") != self.seed:
+            raise ConfigError(f"checkpoint data state {state} does not belong to this fixture stream (seed {self.seed})")
+        if self.rows_emitted:
+            raise RuntimeError("restore() needs a fresh stream")
+        for _ in range(int(state["rows"])):
+            self.next_row()
 
     def next_batch(self, rows: int) -> dict[str, np.ndarray]:
         batch = [self.next_row() for _ in range(rows)]

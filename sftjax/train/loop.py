@@ -1,9 +1,12 @@
-"""The training loop: mesh, data, sharded state, AOT-compiled step, logging, divergence checks."""
+"""The training loop: mesh, data, sharded state (fresh, imported or resumed), AOT-compiled step, logging,
+checkpoints, preemption and divergence stops."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -11,19 +14,61 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from sftjax.config import Config, ConfigError
+from sftjax.ckpt.checkpoints import Checkpointer, abstract_like
+from sftjax.config import Config, ConfigError, to_dict
 from sftjax.data.fixture import FixtureStream
 from sftjax.model.flops import matmul_params, train_flops
 from sftjax.parallel.mesh import initialize_distributed, make_mesh
 from sftjax.train.metrics import MetricsWriter
 from sftjax.train.optimizer import make_optimizer
-from sftjax.train.run_dir import ensure_new_run_dir
-from sftjax.train.state import init_train_state
+from sftjax.train.run_dir import check_run_dir, truncate_metrics
+from sftjax.train.state import init_train_state, step_array, train_state_layout
 from sftjax.train.step import BATCH_DTYPES, batch_shardings, jit_train_step, make_train_step
 
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+class Preempted(RuntimeError):
+    """SIGTERM/SIGINT arrived; a checkpoint of the last finished step was saved."""
+
+    def __init__(self, signum: int, step: int, where: Path):
+        self.signum = signum
+        super().__init__(f"{signal.Signals(signum).name} after step {step}: saved a checkpoint in {where}; "
+                         "rerun the same command to resume")
+
+
+# Keys that may change between a run and its resumption (they do not change what is computed).
+RESUMABLE_CHANGES = ("run_dir", "train.max_steps", "train.log_every", "train.save_every", "train.keep_last",
+                     "train.keep_best", "train.best_metric", "train.best_mode", "train.async_checkpointing",
+                     "train.export_hf", "train.export_dtype", "train.peak_flops_per_device", "train.progress",
+                     "train.tensorboard", "mesh.", "model.attention", "model.attention_block", "model.remat",
+                     "model.init_from")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumable(saved: dict, current: dict) -> list[str]:
+    """Refuse to resume under a config that computes something else; returns the tolerated differences."""
+    a, b = _flat(saved), _flat(current)
+    diffs = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    bad = [k for k in diffs if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)]
+    if bad:
+        raise ConfigError(
+            "config key 'run_dir': the run directory's checkpoint was made with a different config: "
+            + "; ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in bad)
+            + ". Use a new run_dir, or rerun with the original values."
+        )
+    return diffs
 
 
 def attended_pairs(segment_ids: np.ndarray, positions: np.ndarray) -> float:
@@ -40,13 +85,45 @@ def global_batch_to_device(local: dict[str, np.ndarray], mesh, global_rows: int)
     }
 
 
+class _StopSignals:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (a step is never cut in half)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        try:
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._previous[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def agreed(self) -> int | None:
+        """Every process must stop at the same step, or the checkpoint's collectives would hang."""
+        if jax.process_count() == 1:
+            return self.signum
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray(self.signum or 0, np.int32))
+        return int(flags.max()) or None
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
 def train(cfg: Config, log=print) -> dict:
     initialize_distributed(cfg.mesh)
     mesh_shape = cfg.check_devices(jax.device_count(), jax.process_count())
     mesh = make_mesh(mesh_shape)
     is_main = jax.process_index() == 0
     run_dir = Path(cfg.run_dir)
-    ensure_new_run_dir(run_dir)
+    resuming = check_run_dir(run_dir)
 
     data = FixtureStream(cfg.data, seed=cfg.train.seed)
     if cfg.model.vocab_size < data.tokenizer.vocab_size:
@@ -55,7 +132,36 @@ def train(cfg: Config, log=print) -> dict:
             f"(the '{cfg.data.tokenizer}' tokenizer's vocabulary), got {cfg.model.vocab_size}"
         )
     optimizer, schedule = make_optimizer(cfg.optim, cfg.train.max_steps)
-    graphdef, state, shardings = init_train_state(cfg.model, optimizer, mesh, cfg.train.seed)
+    graphdef, abstract_state, shardings = train_state_layout(cfg.model, optimizer, mesh)
+    ckpt = Checkpointer(run_dir, cfg.train, log=log)
+    restored = ckpt.restore_latest(abstract_like(
+        {k: abstract_state[k] for k in ("params", "opt_state")},
+        {k: shardings[k] for k in ("params", "opt_state")})) if resuming else None
+    if resuming and restored is None:
+        raise ConfigError(f"config key 'run_dir': no checkpoint in {ckpt.root} could be restored (see above)")
+    history: list[dict] = []
+    if restored is not None:
+        start, state, meta = restored
+        tolerated = check_resumable(meta["config"], to_dict(cfg))
+        if tolerated:
+            log(f"resume: config changes since the checkpoint: {', '.join(tolerated)}")
+        state["step"] = step_array(start, shardings["step"])
+        data.restore(meta["data"])
+        history, dropped = truncate_metrics(run_dir, start) if is_main else ([], 0)
+        log(f"resume: continuing {run_dir} from step {start}"
+            + (f" (dropped {dropped} metrics lines logged after that checkpoint; they are recomputed)" if dropped
+               else ""))
+    else:
+        start = 0
+        initial = None
+        if cfg.model.init_from:
+            from sftjax.ckpt.init_from import load_initial_params
+
+            initial = load_initial_params(cfg.model, abstract_state["params"], shardings["params"], log=log)
+            if is_main:
+                _adopt_tokenizer(run_dir, initial)
+        graphdef, state, shardings = init_train_state(cfg.model, optimizer, mesh, cfg.train.seed,
+                                                      params=initial.params if initial else None)
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     log(f"model {cfg.model.name}: {n_params / 1e6:.2f}M parameters; mesh data={mesh_shape[0]} fsdp={mesh_shape[1]} "
         f"tensor={mesh_shape[2]} over {jax.device_count()} {jax.default_backend()} device(s), "
@@ -73,67 +179,97 @@ def train(cfg: Config, log=print) -> dict:
     t0 = time.perf_counter()
     batch_spec = {k: jax.ShapeDtypeStruct((rows, seq), dt, sharding=batch_shardings(mesh)[k])
                   for k, dt in BATCH_DTYPES.items()}
-    compiled = step_fn.lower(state, batch_spec).compile()
+    compiled = step_fn.lower(state, batch_spec).compile() if start < cfg.train.max_steps else None
     compile_s = time.perf_counter() - t0
-    log(f"compiled train step in {compile_s:.1f}s")
+    if compiled is not None:
+        log(f"compiled train step in {compile_s:.1f}s")
 
     writer = MetricsWriter(run_dir, enabled=is_main, tensorboard=cfg.train.tensorboard)
     peak = cfg.train.peak_flops_per_device * jax.device_count()
-    total_tokens = 0
+    total_tokens = history[-1]["tokens"] if history else 0
     pending: list[tuple[int, dict, int]] = []  # (step, device metrics, cumulative tokens) awaiting the next log
     window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0
-    first: dict = {}
-    last: dict = {}
-    bar = tqdm(total=cfg.train.max_steps, disable=not (cfg.train.progress and is_main), dynamic_ncols=True)
+    first: dict = history[0] if history else {}
+    last: dict = history[-1] if history else {}
+
+    def meta_now() -> dict:
+        return {"model": dataclasses.asdict(cfg.model), "config": to_dict(cfg), "data": data.state(),
+                "metrics": last}
+
+    def flush() -> None:
+        nonlocal first, last, window_start, window_tokens, window_flops
+        fetched = jax.device_get([m for _, m, _ in pending])
+        elapsed = time.perf_counter() - window_start
+        for (s, _, _), m in zip(pending, fetched, strict=True):
+            if not math.isfinite(float(m["loss"])):
+                good = ckpt.steps()
+                raise TrainingDiverged(
+                    f"loss is {float(m['loss'])} at step {s}; stopping. Last good checkpoint: "
+                    + (f"step {good[-1]} in {ckpt.root}" if good else f"none (no checkpoint was saved in {run_dir})")
+                )
+        s, _, tokens = pending[-1]
+        # loss and loss/<source>: token-weighted means over the steps since the previous log line
+        n_tok = sum(float(m["loss_tokens"]) for m in fetched)
+        src_tok = sum(np.asarray(m["source_tokens"]) for m in fetched)
+        src_sum = sum(np.asarray(m["source_loss"]) * np.asarray(m["source_tokens"]) for m in fetched)
+        m = fetched[-1]
+        last = {
+            "step": s,
+            "stage": "main",
+            "loss": sum(float(f["loss"]) * float(f["loss_tokens"]) for f in fetched) / max(n_tok, 1.0),
+            **{f"loss/{name}": float(src_sum[i] / src_tok[i]) for i, name in enumerate(data.source_names)
+               if src_tok[i] > 0},
+            "lr": float(m["lr"]),
+            "grad_norm": float(m["grad_norm"]),
+            "tokens": tokens,
+            "tokens_per_s": window_tokens / elapsed,
+            "mfu": window_flops / elapsed / peak,
+            "fill": window_tokens / (len(fetched) * rows * seq),
+        }
+        writer.write(last)
+        first = first or last
+        bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}", mfu=f"{last['mfu']:.1%}")
+        pending.clear()
+        window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0
+
+    if start >= cfg.train.max_steps:
+        log(f"resume: {run_dir} is already complete at step {start} (train.max_steps={cfg.train.max_steps})")
+    bar = tqdm(total=cfg.train.max_steps, initial=start, disable=not (cfg.train.progress and is_main),
+               dynamic_ncols=True)
+    step = start
     try:
-        for step in range(1, cfg.train.max_steps + 1):
-            global_batch = data.next_batch(rows)  # every process builds the same stream and keeps its own rows
-            local = {k: v[pid * local_rows : (pid + 1) * local_rows] for k, v in global_batch.items()}
-            real = int((global_batch["segment_ids"] > 0).sum())
-            flops = train_flops(cfg.model, real, attended_pairs(global_batch["segment_ids"], global_batch["positions"]))
-            state, metrics = compiled(state, global_batch_to_device(local, mesh, rows))
-            total_tokens += real
-            window_tokens += real
-            window_flops += flops
-            pending.append((step, metrics, total_tokens))
-            bar.update(1)
-            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-                fetched = jax.device_get([m for _, m, _ in pending])
-                elapsed = time.perf_counter() - window_start
-                for (s, _, _), m in zip(pending, fetched, strict=True):
-                    if not math.isfinite(float(m["loss"])):
-                        raise TrainingDiverged(
-                            f"loss is {float(m['loss'])} at step {s}; stopping. Last good checkpoint: none "
-                            f"(no checkpoint has been saved in {run_dir})"
-                        )
-                s, _, tokens = pending[-1]
-                # loss and loss/<source>: token-weighted means over the steps since the previous log line
-                n_tok = sum(float(m["loss_tokens"]) for m in fetched)
-                src_tok = sum(np.asarray(m["source_tokens"]) for m in fetched)
-                src_sum = sum(np.asarray(m["source_loss"]) * np.asarray(m["source_tokens"]) for m in fetched)
-                m = fetched[-1]
-                last = {
-                    "step": s,
-                    "stage": "main",
-                    "loss": sum(float(f["loss"]) * float(f["loss_tokens"]) for f in fetched) / max(n_tok, 1.0),
-                    **{f"loss/{name}": float(src_sum[i] / src_tok[i]) for i, name in enumerate(data.source_names)
-                       if src_tok[i] > 0},
-                    "lr": float(m["lr"]),
-                    "grad_norm": float(m["grad_norm"]),
-                    "tokens": tokens,
-                    "tokens_per_s": window_tokens / elapsed,
-                    "mfu": window_flops / elapsed / peak,
-                    "fill": window_tokens / (len(fetched) * rows * seq),
-                }
-                writer.write(last)
-                first = first or last
-                bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_s']:.0f}",
-                                mfu=f"{last['mfu']:.1%}")
-                pending.clear()
-                window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0
+        with _StopSignals() as stop:
+            for step in range(start + 1, cfg.train.max_steps + 1):
+                global_batch = data.next_batch(rows)  # every process builds the same stream and keeps its own rows
+                local = {k: v[pid * local_rows : (pid + 1) * local_rows] for k, v in global_batch.items()}
+                real = int((global_batch["segment_ids"] > 0).sum())
+                flops = train_flops(cfg.model, real,
+                                    attended_pairs(global_batch["segment_ids"], global_batch["positions"]))
+                state, metrics = compiled(state, global_batch_to_device(local, mesh, rows))
+                total_tokens += real
+                window_tokens += real
+                window_flops += flops
+                pending.append((step, metrics, total_tokens))
+                bar.update(1)
+                signum = stop.agreed()
+                periodic = cfg.train.save_every and step % cfg.train.save_every == 0
+                final = step == cfg.train.max_steps
+                if step % cfg.train.log_every == 0 or final or periodic or signum:
+                    flush()  # a checkpoint's step is always logged, so a resumed metrics.jsonl has no gap
+                if periodic or final or signum:
+                    ckpt.save(step, state, meta_now(), last)
+                if signum and not final:
+                    raise Preempted(signum, step, ckpt.root)
     finally:
         bar.close()
         writer.close()
+        ckpt.close()  # waits for async saves: a checkpoint that was started is finished before exit
+    if cfg.train.export_hf:
+        from sftjax.ckpt.hf import read_generation_config, save_hf
+
+        tokenizer = run_dir / "tokenizer"
+        save_hf(state["params"], cfg.model, run_dir / "hf", tokenizer_dir=tokenizer if tokenizer.is_dir() else None,
+                generation_config=read_generation_config(run_dir), dtype=cfg.train.export_dtype, log=log)
     summary = {
         "steps": cfg.train.max_steps,
         "first_log": first,
@@ -148,3 +284,16 @@ def train(cfg: Config, log=print) -> dict:
         (run_dir / "data_stats.json").write_text(json.dumps({"main": summary["data"]}, indent=2))
     summary["state"] = state  # the final train state (sharded arrays), for callers that continue with it
     return summary
+
+
+def _adopt_tokenizer(run_dir: Path, initial) -> None:
+    """The run directory keeps the tokenizer and generation config of its initial weights, so an export of the run
+    (sftjax-convert sftjax-to-hf, train.export_hf) carries them."""
+    from sftjax.ckpt.hf import copy_tokenizer
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if initial.tokenizer_dir is not None:
+        copy_tokenizer(initial.tokenizer_dir, run_dir / "tokenizer")
+    if initial.generation_config is not None:
+        (run_dir / "generation_config.json").write_text(json.dumps(initial.generation_config, indent=2))
+
