@@ -7,13 +7,14 @@ and Llama 3 scaling). Parameters are float32 with logical axis names in their ``
 
 from __future__ import annotations
 
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from sftjax.config import ModelConfig
-from sftjax.model.attention import attention
+from sftjax.model.attention import attention, cached_attention
 from sftjax.model.rope import apply_rope, inverse_frequencies, rope_tables
 from sftjax.parallel.rules import constrain
 
@@ -39,6 +40,36 @@ class RMSNorm(nnx.Module):
         return y.astype(x.dtype) * self.scale[...].astype(x.dtype)
 
 
+CACHE_AXES = ("layers", "act_batch", "act_length", "act_kv_heads", None)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, each [layers, batch, max_len, kv_heads, head_dim] in the compute dtype.
+
+    One stacked layout serves scanned and unrolled models alike: a scanned forward carries it through lax.scan and a
+    layer writes its slots with one dynamic_update_slice (in place, since the cache is a loop carry rather than a
+    scanned-over input that would be copied into a fresh output every step); an unrolled forward uses static layer
+    indices. Sharded like the activations (batch over data/fsdp, kv heads over tensor) via CACHE_AXES.
+    """
+
+    k: jax.Array
+    v: jax.Array
+
+    def write(self, layer, index, k, v) -> "KVCache":
+        at = (jnp.asarray(layer, jnp.int32), jnp.int32(0), jnp.asarray(index, jnp.int32), jnp.int32(0), jnp.int32(0))
+        return KVCache(jax.lax.dynamic_update_slice(self.k, k[None].astype(self.k.dtype), at),
+                       jax.lax.dynamic_update_slice(self.v, v[None].astype(self.v.dtype), at))
+
+    def constrained(self) -> "KVCache":
+        return KVCache(constrain(self.k, CACHE_AXES), constrain(self.v, CACHE_AXES))
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int) -> KVCache:
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+    zeros = jnp.zeros(shape, compute_dtype(cfg.dtype))
+    return KVCache(zeros, zeros).constrained()
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         d, h, kv, hd, std = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.init_std
@@ -55,6 +86,12 @@ class Attention(nnx.Module):
         self.block = cfg.attention_block
 
     def __call__(self, x, cos, sin, segment_ids, positions):
+        q, k, v = self.project(x, cos, sin)
+        out = attention(q, k, v, segment_ids, positions, causal=True, impl=self.impl, block=self.block)
+        return self.output(out)
+
+    def project(self, x, cos, sin):
+        """Rotated q [b, s, heads, hd] and k, v [b, s, kv_heads, hd]; shared by training and the KV-cache path."""
         dt = x.dtype
         h, kv = self.q_proj.shape[1], self.k_proj.shape[1]
         # One matmul for q, k and v (concatenated along heads at compute time; parameters stay separate).
@@ -66,8 +103,10 @@ class Attention(nnx.Module):
         q = constrain(apply_rope(q, cos, sin), ("act_batch", "act_length", "act_heads", None))
         k = constrain(apply_rope(k, cos, sin), ("act_batch", "act_length", "act_kv_heads", None))
         v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
-        out = attention(q, k, v, segment_ids, positions, causal=True, impl=self.impl, block=self.block)
-        return jnp.einsum("bshk,hkd->bsd", out, self.o_proj[...].astype(dt))
+        return q, k, v
+
+    def output(self, out):
+        return jnp.einsum("bshk,hkd->bsd", out, self.o_proj[...].astype(out.dtype))
 
 
 class MLP(nnx.Module):
@@ -98,6 +137,17 @@ class Block(nnx.Module):
         x = x + self.mlp(self.post_attn_norm(x))
         return constrain(x, ("act_batch", "act_length", "act_embed"))
 
+    def cached(self, x, cos, sin, cache: KVCache, layer, index, attend):
+        """The block with its new keys/values written to ``cache`` at (layer, slots index..index+s) first, so that
+        ``attend(q, k, v, cache_k, cache_v)`` can look at either the fresh k/v (prefill) or the whole cache (decode)."""
+        q, k, v = self.attn.project(self.input_norm(x), cos, sin)
+        cache = cache.write(layer, index, k, v)
+        cache_k = jax.lax.dynamic_index_in_dim(cache.k, layer, 0, keepdims=False)
+        cache_v = jax.lax.dynamic_index_in_dim(cache.v, layer, 0, keepdims=False)
+        x = x + self.attn.output(attend(q, k, v, cache_k, cache_v))
+        x = x + self.mlp(self.post_attn_norm(x))
+        return constrain(x, ("act_batch", "act_length", "act_embed")), cache
+
 
 _REMAT_POLICIES = {
     "full": None,
@@ -112,7 +162,8 @@ def _run_block(graphdef, params, x, cos, sin, segment_ids, positions):
 
 class Llama(nnx.Module):
     """Decoder-only transformer. ``layers`` is an nnx.List of blocks, or one Block with stacked [layers, ...] params
-    when ``scan_layers`` (then the forward is a lax.scan over the stacked parameters)."""
+    when ``scan_layers`` (then the forward is a lax.scan over the stacked parameters). ``prefill``/``decode`` are the
+    KV-cache forward that sftjax.generate drives; they share the parameters and blocks with the training forward."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -160,3 +211,45 @@ class Llama(nnx.Module):
         x = self.hidden_states(input_ids, segment_ids, positions)
         logits = x @ self.head_kernel().astype(x.dtype)
         return constrain(logits, ("act_batch", "act_length", "act_vocab"))
+
+    def prefill(self, input_ids, segment_ids, positions, cache: KVCache):
+        """Run the prompts through the model, filling cache slots [0, seq); returns (last-slot logits [b, vocab],
+        cache). Attention is the training kernel over the prompt itself (the cache holds nothing else yet), so the
+        logits are exactly the ones ``__call__`` gives. Left-pad the prompts so the last slot is every row's last token.
+        """
+        impl, block = self.cfg.attention, self.cfg.attention_block
+
+        def attend(q, k, v, cache_k, cache_v):
+            return attention(q, k, v, segment_ids, positions, causal=True, impl=impl, block=block)
+
+        return self._cached_forward(input_ids, positions, cache, 0, attend)
+
+    def decode(self, input_ids, positions, cache: KVCache, index, mask):
+        """Append ``input_ids`` [b, s] at cache slots index..index+s-1 and attend over the cache; ``mask`` [b, s,
+        max_len] says which slots each new token may see (its row's written, non-padding slots up to itself).
+        Returns (last-slot logits [b, vocab], cache)."""
+
+        def attend(q, k, v, cache_k, cache_v):
+            return cached_attention(q, cache_k, cache_v, mask)
+
+        return self._cached_forward(input_ids, positions, cache, index, attend)
+
+    def _cached_forward(self, input_ids, positions, cache: KVCache, index, attend):
+        cfg = self.cfg
+        dt = compute_dtype(cfg.dtype)
+        x = constrain(jnp.take(self.embed[...], input_ids, axis=0).astype(dt), ("act_batch", "act_length", "act_embed"))
+        cos, sin = rope_tables(positions, inverse_frequencies(cfg.resolved_head_dim, cfg.rope_theta, cfg.rope_scaling))
+        if cfg.scan_layers:
+            graphdef, stacked = nnx.split(self.layers)
+
+            def body(carry, xs):
+                (h, cache), (params, layer) = carry, xs
+                return nnx.merge(graphdef, params).cached(h, cos, sin, cache, layer, index, attend), None
+
+            (x, cache), _ = jax.lax.scan(body, (x, cache), (stacked, jnp.arange(cfg.num_layers)))
+        else:
+            for layer, block in enumerate(self.layers):
+                x, cache = block.cached(x, cos, sin, cache, layer, index, attend)
+        x = self.final_norm(x[:, -1])  # only the newest slot predicts the next token
+        logits = constrain(x @ self.head_kernel().astype(x.dtype), ("act_batch", "act_vocab"))
+        return logits, cache.constrained()

@@ -1,0 +1,147 @@
+"""Batched generation with a KV cache: one jitted program runs the prefill and then the whole decode loop on device.
+
+Prompts are left-padded to a shared length P so that every row's newest token sits in the same cache slot: the
+prefill's next-token logits are all at slot P-1, and decode step i writes slot P+i-1 for the whole batch with one
+dynamic_update_slice. Padding is segment 0 during the prefill (the training attention kernel keeps it away from real
+tokens) and masked out of the cache afterwards; positions count from 0 at each row's first real token, so a padded row
+computes what it would compute alone.
+
+Decoding is a lax.while_loop (no Python per token) that stops once every row has produced an EOS or the token budget
+is spent. Finished rows keep computing, since the batch shape is static, but record ``pad_id``. Shapes are bucketed
+(P to the attention block or a multiple of it, the budget to a multiple of 32) so that similar requests reuse one
+compiled program; the exact ``max_new_tokens`` is a traced loop bound.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from sftjax.generate import sampling
+from sftjax.model.llama import Llama, init_cache
+from sftjax.parallel.rules import activation_mesh
+
+_PROMPT_MULTIPLE = 16
+_BUDGET_MULTIPLE = 32
+
+
+def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, eos_ids: Iterable[int] = (),
+             pad_id: int = 0, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed=0,
+             mesh: Mesh | None = None) -> list[list[int]]:
+    """Continue each prompt by up to ``max_new_tokens`` tokens; returns only the new tokens of each row, cut before
+    its first EOS (the EOS itself is not included).
+
+    model: a :class:`Llama`, or ``(graphdef, params)`` as the train state holds them (params a pure dict or State).
+    temperature 0 is greedy (argmax); otherwise tokens are drawn from softmax(logits / temperature), narrowed to the
+    ``top_k`` best (0 = all) and to the smallest set holding ``top_p`` of the mass (1.0 = all). ``seed`` (an int or a
+    ``jax.random.key``) makes sampling reproducible. ``mesh``: shard the cache and activations like training (params
+    are used as they are placed); None runs unconstrained.
+    """
+    graphdef, params = model if isinstance(model, tuple) else nnx.split(model)
+    cfg = nnx.merge(graphdef, params).cfg if isinstance(model, tuple) else model.cfg
+    _check(prompts, max_new_tokens, temperature, top_k, top_p, cfg.vocab_size)
+    if max_new_tokens == 0:
+        return [[] for _ in prompts]
+    ids, start = _left_pad(prompts, pad_id, cfg.attention_block)
+    eos = np.asarray(sorted(set(eos_ids)) or [-1], np.int32)  # -1 never matches a token
+    key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
+    greedy = temperature == 0
+    out, lengths, _ = _generate_padded(
+        params, ids, start, eos, np.int32(max_new_tokens), np.int32(pad_id),
+        np.float32(1.0 if greedy else temperature), np.float32(top_p), key,
+        static=_Static(graphdef, cfg), budget=-(-max_new_tokens // _BUDGET_MULTIPLE) * _BUDGET_MULTIPLE,
+        greedy=greedy, top_k=0 if greedy else top_k, use_top_p=not greedy and top_p < 1.0, mesh=mesh)
+    return [row[:n].tolist() for row, n in zip(np.asarray(out), np.asarray(lengths))]
+
+
+def _check(prompts, max_new_tokens, temperature, top_k, top_p, vocab_size):
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt and every prompt needs at least one token")
+    if any(t < 0 or t >= vocab_size for p in prompts for t in p):
+        raise ValueError(f"prompt token ids must lie in [0, {vocab_size})")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"expected temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
+
+
+def _left_pad(prompts, pad_id: int, block: int):
+    """ids [b, P] with each prompt flush right, and start [b], the slot of each prompt's first token. P is bucketed
+    and, above one attention block, a multiple of it (the blockwise kernel's requirement)."""
+    n = max(len(p) for p in prompts)
+    if n > block:
+        width = -(-n // block) * block
+    else:
+        width = min(-(-n // _PROMPT_MULTIPLE) * _PROMPT_MULTIPLE, block)
+    ids = np.full((len(prompts), width), pad_id, np.int32)
+    start = np.asarray([width - len(p) for p in prompts], np.int32)
+    for row, (p, s) in enumerate(zip(prompts, start)):
+        ids[row, s:] = p
+    return ids, start
+
+
+class _Static:
+    """A GraphDef as a jit static argument. GraphDef's own hash fails on the (mutable, unhashable) ModelConfig inside
+    it; equality still compares the whole structure, and the config's repr gives a hash consistent with it."""
+
+    def __init__(self, graphdef, cfg):
+        self.graphdef, self._hash = graphdef, hash(repr(cfg))
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        return isinstance(other, _Static) and self.graphdef == other.graphdef
+
+
+@functools.partial(jax.jit, static_argnames=("static", "budget", "greedy", "top_k", "use_top_p", "mesh"))
+def _generate_padded(params, ids, start, eos, limit, pad_id, temperature, top_p, key, *, static: _Static,
+                     budget: int, greedy: bool, top_k: int, use_top_p: bool, mesh):
+    """Left-padded ids [b, P] -> (tokens [b, budget], lengths [b], steps taken). tokens[:, i] is the i-th new token,
+    pad_id once a row has finished; lengths counts each row's tokens before its first EOS."""
+    with activation_mesh(mesh):
+        model: Llama = nnx.merge(static.graphdef, params)
+        b, width = ids.shape
+        slots = jnp.arange(width)
+        real = slots[None] >= start[:, None]
+        positions = jnp.where(real, slots - start[:, None], slots)  # padding counts on in its own segment 0
+        logits, cache = model.prefill(ids, real.astype(jnp.int32), positions, init_cache(model.cfg, b, width + budget))
+
+        def pick(logits, i):
+            if greedy:
+                return sampling.greedy(logits)
+            return sampling.sample_logits(logits, jax.random.fold_in(key, i), temperature, top_k,
+                                          top_p if use_top_p else None)
+
+        def record(out, lengths, done, i, tok):
+            hit = jnp.isin(tok, eos)
+            out = jax.lax.dynamic_update_slice(out, jnp.where(done, pad_id, tok)[:, None], (jnp.int32(0), i))
+            return out, lengths + (~done & ~hit), done | hit
+
+        tok = pick(logits, 0)
+        out, lengths, done = record(jnp.full((b, budget), pad_id, jnp.int32), jnp.zeros(b, jnp.int32),
+                                    jnp.zeros(b, bool), jnp.int32(0), tok)
+        prompt_len = width - start
+        cache_slots = jnp.arange(width + budget)
+
+        def cond(state):
+            i, done = state[0], state[-1]
+            return (i < limit) & ~jnp.all(done)
+
+        def body(state):
+            i, tok, cache, out, lengths, done = state
+            slot = width + i - 1  # where the previous token goes; it sits at position prompt_len + i - 1
+            mask = (cache_slots[None] >= start[:, None]) & (cache_slots[None] <= slot)
+            logits, cache = model.decode(tok[:, None], (prompt_len + i - 1)[:, None], cache, slot, mask[:, None])
+            tok = pick(logits, i)
+            out, lengths, done = record(out, lengths, done, i, tok)
+            return i + 1, tok, cache, out, lengths, done
+
+        steps, _, _, out, lengths, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, cache, out, lengths, done))
+        return out, lengths, steps
