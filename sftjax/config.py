@@ -31,6 +31,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("auto", "dense", "blockwise", "sdpa")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ARCHITECTURES = ("llama", "mistral", "qwen2")
+EMBEDDED_MODELS = ("smollm2-135m-instruct",)  # shipped inside a PyPI package (see sftjax.ckpt.gguf)
 
 
 @dataclass
@@ -122,6 +123,9 @@ class ModelConfig:
                  self.architecture)
         if self.init_from.startswith("hf:"):
             _require(len(self.init_from) > 3, "model.init_from", "'hf:DIR' or 'hf:org/name'", self.init_from)
+        if self.init_from.startswith("embedded:"):
+            _require(self.init_from[9:] in EMBEDDED_MODELS, "model.init_from",
+                     f"one of {['embedded:' + m for m in EMBEDDED_MODELS]}", self.init_from)
 
     @property
     def resolved_head_dim(self) -> int:
@@ -224,13 +228,14 @@ class DataConfig:
 
     name: str = "fixture"
     seq_len: int = 2048
-    tokenizer: str = "bytes"
+    # auto: the tokenizer that comes with model.init_from (bytes when it has none); bytes; or an HF tokenizer dir
+    tokenizer: str = "auto"
     sources: dict[str, SourceConfig] = field(default_factory=dict)
 
     def validate(self) -> None:
         _require(self.seq_len >= 2, "data.seq_len", "an integer >= 2", self.seq_len)
-        _require(self.tokenizer == "bytes", "data.tokenizer", "'bytes' (HF tokenizers arrive with the data issue)",
-                 self.tokenizer)
+        _require(self.tokenizer in ("auto", "bytes") or Path(self.tokenizer).expanduser().is_dir(), "data.tokenizer",
+                 "'auto', 'bytes' or a Hugging Face tokenizer directory", self.tokenizer)
         _require(len(self.sources) > 0, "data.sources", "at least one source", dict(self.sources))
         for name, src in self.sources.items():
             _require(src.weight > 0 and math.isfinite(src.weight), f"data.sources.{name}.weight",
@@ -324,6 +329,50 @@ class Config:
         return shape
 
 
+@dataclass
+class GenerateConfig:
+    """sftjax-generate: prompts JSONL in, completions JSONL out."""
+
+    prompts: str = ""  # lines {"id", "prompt"} (raw text) or {"id", "messages"} (chat template applied)
+    chat: str = ""  # or one user message given on the command line (its completion is printed)
+    output: str = ""  # "" prints to stdout only
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = no limit
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        _require(bool(self.prompts) != bool(self.chat), "generate.prompts",
+                 "a prompts JSONL file, or generate.chat='a message' (exactly one of the two)", self.prompts)
+        if self.prompts:
+            _require(Path(self.prompts).is_file(), "generate.prompts", "an existing JSONL file", self.prompts)
+        _require(self.max_new_tokens >= 1, "generate.max_new_tokens", "a positive integer", self.max_new_tokens)
+        _require(math.isfinite(self.temperature) and self.temperature >= 0, "generate.temperature",
+                 "a number >= 0 (0 = greedy)", self.temperature)
+        _require(self.top_k >= 0, "generate.top_k", "an integer >= 0 (0 = no limit)", self.top_k)
+        _require(0 < self.top_p <= 1, "generate.top_p", "a number in (0, 1]", self.top_p)
+        _require(self.batch_size >= 1, "generate.batch_size", "a positive integer", self.batch_size)
+
+
+@dataclass
+class GenerateAppConfig:
+    """The schema of sftjax-generate. The architecture comes from model.init_from; the other model keys (dtype,
+    attention, ...) apply as in training."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def validate(self) -> None:
+        _require(bool(self.model.init_from), "model.init_from", "hf:DIR, embedded:NAME or a run directory",
+                 self.model.init_from)
+        self.model.validate()
+        self.mesh.validate()
+        self.generate.validate()
+
+
 FIXTURE_DIR = Path(__file__).parent / "data" / "fixtures"
 
 
@@ -331,6 +380,7 @@ def register_configs() -> None:
     """Register the schema (conf/config.yaml puts it first in its defaults list) and the ${fixture:NAME} resolver
     (the path of a data file bundled with the package)."""
     ConfigStore.instance().store(name="sftjax_schema", node=Config)
+    ConfigStore.instance().store(name="sftjax_generate_schema", node=GenerateAppConfig)
     if not OmegaConf.has_resolver("fixture"):
         OmegaConf.register_new_resolver("fixture", lambda name: str(FIXTURE_DIR / name))
 
@@ -344,12 +394,12 @@ def compose_config(overrides: list[str] = (), config_name: str = "config") -> Co
         return to_config(compose(config_name=config_name, overrides=list(overrides)))
 
 
-def to_config(cfg: DictConfig | dict) -> Config:
+def to_config(cfg: DictConfig | dict, schema: type = Config):
     """Turn a composed config into validated dataclasses (raises ConfigError naming the key)."""
     if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     obj = OmegaConf.to_object(cfg)
-    assert isinstance(obj, Config)
+    assert isinstance(obj, schema)
     obj.validate()
     return obj
 
@@ -361,7 +411,7 @@ def to_model_config(values: dict) -> ModelConfig:
     return obj
 
 
-def check_override_keys(overrides: list[str]) -> None:
+def check_override_keys(overrides: list[str], schema: type = Config) -> None:
     """Reject a misspelled override before Hydra composes, naming the closest valid key.
 
     Hydra would also refuse it, but without saying what the key should have been. Group selections (model=NAME),
@@ -374,12 +424,12 @@ def check_override_keys(overrides: list[str]) -> None:
         if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
             continue
         key = arg.split("=", 1)[0]
-        schema: Any = Config
+        node: Any = schema
         done: list[str] = []
         for part in key.split("."):
-            if not dataclasses.is_dataclass(schema):
+            if not dataclasses.is_dataclass(node):
                 break  # a scalar or a free-form mapping such as data.sources
-            hints = typing.get_type_hints(schema)
+            hints = typing.get_type_hints(node)
             if part not in hints:
                 where = ".".join(done) or "the top level"
                 valid = sorted(hints)
@@ -389,7 +439,7 @@ def check_override_keys(overrides: list[str]) -> None:
             done.append(part)
             # Optional[X] -> X; other generics (dict[str, X]) are free-form and stop the walk
             args = [a for a in typing.get_args(hints[part]) if a is not type(None)]
-            schema = args[0] if typing.get_origin(hints[part]) is typing.Union and len(args) == 1 else hints[part]
+            node = args[0] if typing.get_origin(hints[part]) is typing.Union and len(args) == 1 else hints[part]
 
 
 def to_dict(cfg: Config) -> dict:

@@ -125,7 +125,7 @@ def test_train_init_from_hf_and_export(tmp_path):
     run_dir = tmp_path / "run"
     r = run_train(f"run_dir={run_dir}", "model=tiny", f"model.init_from=hf:{src}", "model.rms_norm_eps=1e-5",
                   "model.attention_block=64", "data.seq_len=128", "train.global_batch_size=2", "train.max_steps=2",
-                  "train.progress=false", "train.export_hf=true", "optim.lr=1e-7", "data.tokenizer=bytes")
+                  "train.progress=false", "train.export_hf=true", "optim.lr=1e-7")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run_dir / "tokenizer" / "tokenizer.json").exists()
     exported = transformers.AutoModelForCausalLM.from_pretrained(run_dir / "hf")

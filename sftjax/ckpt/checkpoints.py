@@ -10,14 +10,13 @@ looks like a checkpoint; a complete one that later fails to restore is moved asi
 
 from __future__ import annotations
 
-import json
+import logging
 import shutil
 import time
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
-from jax.sharding import NamedSharding
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from sftjax.config import ConfigError, ModelConfig, TrainConfig
@@ -114,12 +113,23 @@ def checkpoint_root(src: str | Path) -> Path:
     raise ConfigError(f"{src}: not a run directory or an sftjax checkpoint directory (no {CHECKPOINTS}/)")
 
 
+def _reader(root: Path) -> ocp.CheckpointManager:
+    """A read-only manager (Orbax says so in three warnings per manager; they are not news here)."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        return ocp.CheckpointManager(root.absolute(), options=ocp.CheckpointManagerOptions(read_only=True),
+                                     item_names=("params", "opt_state", "meta"))
+    finally:
+        absl.setLevel(level)
+
+
 def latest_meta(src: str | Path) -> tuple[Path, int, dict]:
     """(root, step, meta) of the newest checkpoint under ``src`` (a run dir, an sftjax dir, or one step dir)."""
     src = Path(src)
     root = checkpoint_root(src)
-    manager = ocp.CheckpointManager(root.absolute(), options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_names=("params", "opt_state", "meta"))
+    manager = _reader(root)
     steps = sorted(manager.all_steps())
     if src.parent == root and src.name.isdigit():
         steps = [int(src.name)]
@@ -133,8 +143,7 @@ def latest_meta(src: str | Path) -> tuple[Path, int, dict]:
 
 
 def restore_params(root: Path, step: int, abstract_params: dict) -> dict:
-    manager = ocp.CheckpointManager(root.absolute(), options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_names=("params", "opt_state", "meta"))
+    manager = _reader(root)
     got = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
     manager.close()
     return got.params
@@ -158,10 +167,3 @@ def save_params_only(dst: Path, params: dict, model_cfg: ModelConfig, extra: dic
     manager.close()
     return dst
 
-
-def shardings_of(tree) -> dict:
-    return jax.tree.map(lambda x: x.sharding if isinstance(x.sharding, NamedSharding) else None, tree)
-
-
-def jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))

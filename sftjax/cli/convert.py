@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sftjax.config import ConfigError
 
-logging.getLogger("absl").setLevel(logging.WARNING)
+logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax narrates every step at INFO
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" is not news
 
 
 def _parse_size(text: str) -> int:

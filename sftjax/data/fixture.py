@@ -1,4 +1,4 @@
-"""The bundled fixture source: byte-level tokens, prompt masking and first-fit packing into fixed rows.
+"""The bundled fixture source: byte-level or Hugging Face tokens, prompt masking and best-fit packing into rows.
 
 This is the stand-in that keeps the engine runnable and testable until the Grain data pipeline lands (it will replace
 this module). It already produces the batch contract the train step consumes:
@@ -36,6 +36,53 @@ class ByteTokenizer:
     def decode(self, ids) -> str:
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
+    def encode_text(self, text: str) -> tuple[list[int], list[bool]]:
+        ids = [self.bos_id] + self.encode(text) + [self.eos_id]
+        return ids, [True] * len(ids)
+
+    def encode_pair(self, prompt: str, completion: str) -> tuple[list[int], list[bool]]:
+        p, c = self.encode(prompt), self.encode(completion)
+        return [self.bos_id] + p + c + [self.eos_id], [False] * (1 + len(p)) + [True] * (len(c) + 1)
+
+
+class ChatTokenizer:
+    """A Hugging Face tokenizer; prompt/completion records become a user turn and an assistant turn of the
+    tokenizer's own chat template, with loss on the assistant turn only (its end-of-turn token included)."""
+
+    def __init__(self, path: str | Path):
+        from transformers import AutoTokenizer
+
+        self.path = Path(path)
+        self.tok = AutoTokenizer.from_pretrained(self.path)
+        if self.tok.eos_token_id is None:
+            raise ConfigError(f"tokenizer {self.path}: has no eos_token; documents could not end")
+        self.eos_id = self.tok.eos_token_id
+        self.vocab_size = len(self.tok)
+
+    def _ids(self, x) -> list[int]:
+        return list(x["input_ids"] if hasattr(x, "keys") else x)
+
+    def encode_text(self, text: str) -> tuple[list[int], list[bool]]:
+        ids = self._ids(self.tok(text)) + [self.eos_id]
+        return ids, [True] * len(ids)
+
+    def encode_pair(self, prompt: str, completion: str) -> tuple[list[int], list[bool]]:
+        if not self.tok.chat_template:
+            p, c = self._ids(self.tok(prompt)), self._ids(self.tok(completion, add_special_tokens=False))
+            return p + c + [self.eos_id], [False] * len(p) + [True] * (len(c) + 1)
+        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        head = self._ids(self.tok.apply_chat_template(turns[:1], add_generation_prompt=True, tokenize=True))
+        full = self._ids(self.tok.apply_chat_template(turns, tokenize=True))
+        if full[: len(head)] != head:
+            raise ConfigError(f"tokenizer {self.path}: its chat template renders the prompt differently with and "
+                              "without the answer, so the prompt cannot be masked exactly")
+        if self.eos_id not in full[len(head):]:
+            full.append(self.eos_id)  # a template without an end-of-turn token: the answer still ends with EOS
+        return full, [False] * len(head) + [True] * (len(full) - len(head))
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids])
+
 
 @dataclass(eq=False)
 class Document:
@@ -53,7 +100,7 @@ class SourceStats:
     dropped: int = 0
 
 
-def load_source(path: str, source_index: int, seq_len: int, tok: ByteTokenizer, stats: SourceStats) -> list[Document]:
+def load_source(path: str, source_index: int, seq_len: int, tok, stats: SourceStats) -> list[Document]:
     """Read a JSONL fixture; a malformed line is an error naming file and line, over-long documents are truncated
     to seq_len+1 tokens and counted."""
     p = Path(path)
@@ -71,13 +118,9 @@ def load_source(path: str, source_index: int, seq_len: int, tok: ByteTokenizer, 
             if not isinstance(rec, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
             if "text" in rec:
-                body = tok.encode(str(rec["text"]))
-                ids = [tok.bos_id] + body + [tok.eos_id]
-                trained = [True] * len(ids)
+                ids, trained = tok.encode_text(str(rec["text"]))
             elif "prompt" in rec and "completion" in rec:
-                prompt, completion = tok.encode(str(rec["prompt"])), tok.encode(str(rec["completion"]))
-                ids = [tok.bos_id] + prompt + completion + [tok.eos_id]
-                trained = [False] * (1 + len(prompt)) + [True] * (len(completion) + 1)
+                ids, trained = tok.encode_pair(str(rec["prompt"]), str(rec["completion"]))
             else:
                 raise ValueError(f"{path}:{lineno}: expected key 'text' or keys 'prompt' and 'completion', "
                                  f"got keys {sorted(rec)}")
@@ -124,10 +167,10 @@ def pack_rows(documents: Iterator[Document], seq_len: int, num_bins: int = 16) -
 class FixtureStream:
     """Infinite, seeded stream of packed rows mixed from the configured sources by weight (per document)."""
 
-    def __init__(self, cfg: DataConfig, seed: int, num_bins: int = 16):
+    def __init__(self, cfg: DataConfig, seed: int, num_bins: int = 16, tokenizer=None):
         self.cfg = cfg
         self.seq_len = cfg.seq_len
-        self.tokenizer = ByteTokenizer()
+        self.tokenizer = tokenizer or ByteTokenizer()
         self.source_names = list(cfg.sources)
         self.stats = {name: SourceStats() for name in self.source_names}
         self.docs = [

@@ -124,12 +124,22 @@ def train(cfg: Config, log=print) -> dict:
     is_main = jax.process_index() == 0
     run_dir = Path(cfg.run_dir)
     resuming = check_run_dir(run_dir)
+    source = None
+    if cfg.model.init_from and not resuming:
+        from sftjax.ckpt.init_from import resolve_init_source
 
-    data = FixtureStream(cfg.data, seed=cfg.train.seed)
+        source = resolve_init_source(cfg.model.init_from, log=log)
+    tokenizer_dir = _tokenizer_dir(cfg, run_dir, resuming, source)
+    tokenizer = None
+    if tokenizer_dir is not None:
+        from sftjax.data.fixture import ChatTokenizer
+
+        tokenizer = ChatTokenizer(tokenizer_dir)
+    data = FixtureStream(cfg.data, seed=cfg.train.seed, tokenizer=tokenizer)
     if cfg.model.vocab_size < data.tokenizer.vocab_size:
         raise ConfigError(
             f"config key 'model.vocab_size': expected >= {data.tokenizer.vocab_size} "
-            f"(the '{cfg.data.tokenizer}' tokenizer's vocabulary), got {cfg.model.vocab_size}"
+            f"(the vocabulary of tokenizer {tokenizer_dir or 'bytes'}), got {cfg.model.vocab_size}"
         )
     optimizer, schedule = make_optimizer(cfg.optim, cfg.train.max_steps)
     graphdef, abstract_state, shardings = train_state_layout(cfg.model, optimizer, mesh)
@@ -153,15 +163,14 @@ def train(cfg: Config, log=print) -> dict:
                else ""))
     else:
         start = 0
-        initial = None
-        if cfg.model.init_from:
+        params = None
+        if source is not None:
             from sftjax.ckpt.init_from import load_initial_params
 
-            initial = load_initial_params(cfg.model, abstract_state["params"], shardings["params"], log=log)
-            if is_main:
-                _adopt_tokenizer(run_dir, initial)
-        graphdef, state, shardings = init_train_state(cfg.model, optimizer, mesh, cfg.train.seed,
-                                                      params=initial.params if initial else None)
+            params = load_initial_params(cfg.model, source, abstract_state["params"], shardings["params"], log=log)
+        if is_main:
+            _keep_tokenizer(run_dir, tokenizer_dir, source)
+        graphdef, state, shardings = init_train_state(cfg.model, optimizer, mesh, cfg.train.seed, params=params)
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     log(f"model {cfg.model.name}: {n_params / 1e6:.2f}M parameters; mesh data={mesh_shape[0]} fsdp={mesh_shape[1]} "
         f"tensor={mesh_shape[2]} over {jax.device_count()} {jax.default_backend()} device(s), "
@@ -286,14 +295,27 @@ def train(cfg: Config, log=print) -> dict:
     return summary
 
 
-def _adopt_tokenizer(run_dir: Path, initial) -> None:
-    """The run directory keeps the tokenizer and generation config of its initial weights, so an export of the run
-    (sftjax-convert sftjax-to-hf, train.export_hf) carries them."""
+def _tokenizer_dir(cfg: Config, run_dir: Path, resuming: bool, source) -> Path | None:
+    """data.tokenizer=auto uses the tokenizer that came with the initial weights (kept in RUN_DIR/tokenizer, so a
+    resumed run reads the same one); no tokenizer there means byte-level tokens."""
+    if cfg.data.tokenizer == "bytes":
+        return None
+    if cfg.data.tokenizer != "auto":
+        return Path(cfg.data.tokenizer).expanduser()
+    kept = run_dir / "tokenizer"
+    if resuming:
+        return kept if kept.is_dir() else None
+    return source.tokenizer_dir if source is not None else None
+
+
+def _keep_tokenizer(run_dir: Path, tokenizer_dir: Path | None, source) -> None:
+    """The run directory keeps the tokenizer its data was made with and the generation config of its initial
+    weights, so an export of the run (sftjax-convert sftjax-to-hf, train.export_hf) carries them."""
     from sftjax.ckpt.hf import copy_tokenizer
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if initial.tokenizer_dir is not None:
-        copy_tokenizer(initial.tokenizer_dir, run_dir / "tokenizer")
-    if initial.generation_config is not None:
-        (run_dir / "generation_config.json").write_text(json.dumps(initial.generation_config, indent=2))
-
+    if tokenizer_dir is not None:
+        copy_tokenizer(tokenizer_dir, run_dir / "tokenizer")
+    gen = source.generation_config if source is not None else None
+    if gen is not None:
+        (run_dir / "generation_config.json").write_text(json.dumps(gen, indent=2))
