@@ -44,7 +44,8 @@ def test_config_wrong_type_names_the_key():
         ("train.grad_accum=3", "train.grad_accum", "divisor of train.global_batch_size"),
         ("data.seq_len=200", "data.seq_len", "multiple of model.attention_block"),
         ("mesh.data=0", "mesh.data", "positive integer or -1"),
-        ("model.init_from=hf:/nowhere", "model.init_from", "random init"),
+        ("model.init_from=embedded:nope", "model.init_from", "embedded:smollm2-135m-instruct"),
+        ("model.architecture=gpt2", "model.architecture", "qwen2"),
     ],
 )
 def test_config_impossible_value_names_key_and_expectation(override, key, expected):

@@ -12,6 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 from sftjax.ckpt import hf
 from sftjax.config import ConfigError, ModelConfig
+from sftjax.generate import generate
 from sftjax.parallel.mesh import make_mesh
 from sftjax.train.state import abstract_model, param_shardings
 from tests.hf_fixtures import VARIANTS, make_hf_model
@@ -60,7 +61,7 @@ def test_hf_roundtrip(variant, tmp_path, eight_devices):
     ref = hf_logits(ref_model)
     cfg = hf.read_hf_config(src)
     for scan, mesh in [(False, make_mesh((1, 1, 1), devices=eight_devices[:1])),
-                       (True, make_mesh((1, 4, 2)))]:  # and sharded over 8 devices, scanned layers
+                       (True, make_mesh((1, 4, 2)))]:  # and scanned layers sharded fsdp=4 x tensor=2
         cfg.scan_layers = scan
         model, params = import_model(src, cfg, mesh)
         diff = float(np.abs(our_logits(model) - ref).max())
@@ -78,17 +79,12 @@ def test_hf_roundtrip(variant, tmp_path, eight_devices):
         tok = transformers.AutoTokenizer.from_pretrained(out)
         assert "<|im_start|>assistant" in tok.apply_chat_template([{"role": "user", "content": "w1"}],
                                                                   add_generation_prompt=True, tokenize=False)
-    # greedy decoding of 32 tokens: our model (full recompute, argmax) vs transformers' generate
+    # greedy decoding of 32 tokens: sftjax.generate (KV cache) on the imported weights vs transformers' generate
     prompt = IDS[:1, :8]
     with torch.no_grad():
         want = ref_model.generate(torch.from_numpy(prompt).long(), max_new_tokens=32, do_sample=False,
-                                  eos_token_id=None, pad_token_id=0)[0, 8:].numpy()
-    tokens = list(prompt[0])
-    for _ in range(32):
-        ids = np.asarray([tokens], np.int32)
-        logits = np.asarray(model(ids, np.ones_like(ids), np.arange(len(tokens), dtype=np.int32)[None]))
-        tokens.append(int(logits[0, -1].argmax()))
-    assert tokens[8:] == list(want)
+                                  eos_token_id=None, pad_token_id=0)[0, 8:].tolist()
+    assert generate(model, [prompt[0].tolist()], 32) == [want]
 
 
 def test_convert_cli_round_trip(tmp_path):
