@@ -36,6 +36,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/matmul_peak.py
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/checkpoint_io.py
 
 clean:
 	rm -rf $(VENV) runs

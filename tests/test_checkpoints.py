@@ -76,6 +76,9 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     for f in (run_dir / "checkpoints" / "4" / "params").rglob("*"):
         if f.is_file() and f.parent.name == "d":
             f.write_bytes(b"garbage")  # the array data of the newest checkpoint is destroyed
+    partial = run_dir / "checkpoints" / "5.orbax-checkpoint-tmp-1764570000"  # a save cut off by a kill -9
+    (partial / "params").mkdir(parents=True)
+    (partial / "params" / "d").write_bytes(b"half")
     r = run_train(f"run_dir={run_dir}", *tiny, "train.max_steps=6")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
@@ -84,6 +87,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     assert "dropped 2 metrics lines" in out  # steps 3 and 4 were logged after checkpoint 2 and are recomputed
     assert sorted(losses(run_dir)) == [1, 2, 3, 4, 5, 6]
     assert any((run_dir / "checkpoints.corrupt").iterdir())
+    assert not partial.exists()  # never mistaken for a checkpoint, and cleaned up
 
 
 def test_checkpointer_keeps_last_and_best(tmp_path):

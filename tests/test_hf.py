@@ -76,6 +76,8 @@ def test_hf_roundtrip(variant, tmp_path, eight_devices):
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)  # bit-identical
         back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
         np.testing.assert_array_equal(hf_logits(back), ref)
+        again, _ = import_model(out, cfg, mesh)  # our own (sharded-index) export imports back to the same model
+        np.testing.assert_array_equal(our_logits(again), our_logits(model))
         tok = transformers.AutoTokenizer.from_pretrained(out)
         assert "<|im_start|>assistant" in tok.apply_chat_template([{"role": "user", "content": "w1"}],
                                                                   add_generation_prompt=True, tokenize=False)
@@ -109,6 +111,10 @@ def test_convert_cli_round_trip(tmp_path):
     assert r.returncode == 2 and "not empty" in r.stderr
     r = convert("hf-to-sftjax", tmp_path / "nope", tmp_path / "x")
     assert r.returncode == 2 and "not found" in r.stderr
+    r = convert("gguf-to-hf", src / "config.json", tmp_path / "g")
+    assert r.returncode == 2 and "not a GGUF file" in r.stderr
+    r = convert("sftjax-to-hf", src, tmp_path / "y")
+    assert r.returncode == 2 and "not a run directory or an sftjax checkpoint directory" in r.stderr
 
 
 def test_train_init_from_hf_and_export(tmp_path):
