@@ -22,8 +22,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from sftjax.cli import config_errors
 from sftjax.config import (ConfigError, GenerateAppConfig, ModelConfig, check_override_keys, register_configs,
                            to_config)
+from sftjax.data.jsonl import read_jsonl
 
 logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax narrates every step at INFO
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" is not news
@@ -33,14 +35,8 @@ RUNTIME_FIELDS = ("dtype", "attention", "attention_block", "remat")  # model key
 
 def read_requests(path: Path) -> list[dict]:
     requests = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(rec, dict) or "id" not in rec or ("prompt" in rec) == ("messages" in rec):
+    for lineno, rec in read_jsonl(path):
+        if "id" not in rec or ("prompt" in rec) == ("messages" in rec):
             raise ConfigError(f"{path}:{lineno}: expected an object with 'id' and one of 'prompt' or 'messages'")
         body = rec.get("prompt", rec.get("messages"))
         if not body:
@@ -128,12 +124,9 @@ def _generation_eos(gen: dict | None) -> set:
 
 @hydra.main(version_base=None, config_path="pkg://sftjax.conf", config_name="generate")
 def _main(dcfg: DictConfig) -> None:
-    try:
+    with config_errors("sftjax-generate"):
         app = to_config(dcfg, GenerateAppConfig)
         results = run(app, log=lambda m: print(m, file=sys.stderr))
-    except ConfigError as e:
-        print(f"sftjax-generate: invalid config: {e}", file=sys.stderr)
-        sys.exit(2)
     if app.generate.output:
         out = Path(app.generate.output)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,11 +137,8 @@ def _main(dcfg: DictConfig) -> None:
 
 
 def main() -> None:
-    try:
+    with config_errors("sftjax-generate"):
         check_override_keys(sys.argv[1:], GenerateAppConfig)
-    except ConfigError as e:
-        print(f"sftjax-generate: invalid config: {e}", file=sys.stderr)
-        sys.exit(2)
     _main()
 
 

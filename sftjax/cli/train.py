@@ -8,7 +8,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from sftjax.config import ConfigError, check_override_keys, register_configs, to_config
+from sftjax.cli import config_errors
+from sftjax.config import check_override_keys, register_configs, to_config
 from sftjax.train.run_dir import check_run_dir
 
 log = logging.getLogger("sftjax")
@@ -20,18 +21,13 @@ register_configs()
 
 @hydra.main(version_base=None, config_path="pkg://sftjax.conf", config_name="config")
 def _main(dcfg: DictConfig) -> None:
-    try:
+    with config_errors("sftjax-train"):
         cfg = to_config(dcfg)
-    except ConfigError as e:
-        print(f"sftjax-train: invalid config: {e}", file=sys.stderr)
-        sys.exit(2)
     from sftjax.train.loop import Preempted, TrainingDiverged, train  # heavy imports once the config is valid
 
     try:
-        summary = train(cfg, log=log.info)
-    except ConfigError as e:
-        print(f"sftjax-train: invalid config: {e}", file=sys.stderr)
-        sys.exit(2)
+        with config_errors("sftjax-train"):
+            summary = train(cfg, log=log.info)
     except TrainingDiverged as e:
         print(f"sftjax-train: training diverged: {e}", file=sys.stderr)
         sys.exit(3)
@@ -52,15 +48,12 @@ def _main(dcfg: DictConfig) -> None:
 
 def main() -> None:
     argv = sys.argv[1:]
-    try:
+    with config_errors("sftjax-train"):
         check_override_keys(argv)
         # Checked before Hydra starts too, because Hydra rewrites RUN_DIR/.hydra as soon as the job begins.
         for arg in argv:
             if arg.startswith("run_dir="):
                 check_run_dir(arg.split("=", 1)[1])
-    except ConfigError as e:
-        print(f"sftjax-train: invalid config: {e}", file=sys.stderr)
-        sys.exit(2)
     _main()
 
 

@@ -12,7 +12,6 @@ document boundary and the EOS of every document is a trained target.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from sftjax.config import ConfigError, DataConfig
+from sftjax.data.jsonl import read_jsonl
 
 
 class ByteTokenizer:
@@ -103,34 +103,24 @@ class SourceStats:
 def load_source(path: str, source_index: int, seq_len: int, tok, stats: SourceStats) -> list[Document]:
     """Read a JSONL fixture; a malformed line is an error naming file and line, over-long documents are truncated
     to seq_len+1 tokens and counted."""
-    p = Path(path)
-    if not p.exists():
+    if not Path(path).exists():
         raise ConfigError(f"data source file not found: {path}")
     docs = []
-    with open(p) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
-            if "text" in rec:
-                ids, trained = tok.encode_text(str(rec["text"]))
-            elif "prompt" in rec and "completion" in rec:
-                ids, trained = tok.encode_pair(str(rec["prompt"]), str(rec["completion"]))
-            else:
-                raise ValueError(f"{path}:{lineno}: expected key 'text' or keys 'prompt' and 'completion', "
-                                 f"got keys {sorted(rec)}")
-            if len(ids) > seq_len + 1:
-                ids, trained = ids[: seq_len + 1], trained[: seq_len + 1]
-                stats.truncated += 1
-            if not any(trained[1:]):
-                stats.dropped += 1  # nothing left to learn from (e.g. prompt longer than seq_len)
-                continue
-            docs.append(Document(np.asarray(ids, np.int32), np.asarray(trained, bool), source_index))
+    for lineno, rec in read_jsonl(path):
+        if "text" in rec:
+            ids, trained = tok.encode_text(str(rec["text"]))
+        elif "prompt" in rec and "completion" in rec:
+            ids, trained = tok.encode_pair(str(rec["prompt"]), str(rec["completion"]))
+        else:
+            raise ValueError(f"{path}:{lineno}: expected key 'text' or keys 'prompt' and 'completion', "
+                             f"got keys {sorted(rec)}")
+        if len(ids) > seq_len + 1:
+            ids, trained = ids[: seq_len + 1], trained[: seq_len + 1]
+            stats.truncated += 1
+        if not any(trained[1:]):
+            stats.dropped += 1  # nothing left to learn from (e.g. prompt longer than seq_len)
+            continue
+        docs.append(Document(np.asarray(ids, np.int32), np.asarray(trained, bool), source_index))
     if not docs:
         raise ConfigError(f"data source {path} has no usable records")
     return docs
