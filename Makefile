@@ -23,7 +23,7 @@ demo: $(STAMP)
 	@echo "== SmolLM2-135M-Instruct before fine-tuning =="
 	$(BIN)/sftjax-generate model.init_from=embedded:smollm2-135m-instruct model.scan_layers=true \
 		generate.prompts=$(DEMO_PROMPTS) generate.output=runs/demo/before.jsonl generate.max_new_tokens=48
-	$(BIN)/sftjax-train run_dir=runs/demo model=smollm2_135m model.scan_layers=true '~data.sources.prose' \
+	$(BIN)/sftjax-train run_dir=runs/demo model=smollm2_135m model.scan_layers=true '~data.sources.prose' '~data.stages.0.mix.prose' \
 		data.seq_len=256 train.global_batch_size=4 train.max_steps=12 train.log_every=2 optim.lr=1e-4 \
 		train.export_hf=true
 	@echo "== after 12 steps on arithmetic (the run directory's latest checkpoint) =="

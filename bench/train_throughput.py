@@ -14,11 +14,12 @@ import argparse
 import itertools
 import time
 
+import grain
 import jax
 import numpy as np
 
 from sftjax.config import ModelConfig, OptimConfig
-from sftjax.data.fixture import Document, pack_rows
+from sftjax.data.packing import pack, shifted
 from sftjax.model.flops import train_flops
 from sftjax.parallel.mesh import make_mesh
 from sftjax.train.loop import attended_pairs, global_batch_to_device
@@ -38,14 +39,12 @@ def model_config(args) -> ModelConfig:
 def packed_rows(n_rows: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Synthetic documents with realistic SFT lengths, packed by sftjax's packer (shared by both frameworks)."""
     rng = np.random.default_rng(seed)
-
-    def documents():
-        while True:
-            n = int(np.clip(rng.lognormal(np.log(350), 0.9), 16, SEQ + 1))
-            prompt = int(n * rng.uniform(0.1, 0.6))
-            yield Document(rng.integers(3, 32000, n).astype(np.int32), np.arange(n) >= prompt, 0)
-
-    rows = list(itertools.islice(pack_rows(documents(), SEQ, num_bins=8), n_rows))
+    docs = []
+    for _ in range(n_rows * 8):
+        n = int(np.clip(rng.lognormal(np.log(350), 0.9), 16, SEQ + 1))
+        prompt = int(n * rng.uniform(0.1, 0.6))
+        docs.append(shifted(rng.integers(3, 32000, n).astype(np.int32), np.arange(n) >= prompt, 0))
+    rows = list(itertools.islice(pack(grain.MapDataset.source(docs).to_iter_dataset(), SEQ), n_rows))
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 

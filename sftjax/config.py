@@ -214,37 +214,102 @@ class MeshConfig:
         return sizes[0], sizes[1], sizes[2]
 
 
+FORMATS = ("alpaca", "messages", "prompt_completion", "text", "qa", "masking", "completion", "completion_no_system")
+TEMPLATES = ("auto", "vicuna_v1.1", "llama2", "chatml", "none")
+
+
+@dataclass
+class FilterConfig:
+    """Drop (or keep only) the records whose ``field`` matches ``regex`` (e.g. code/math-tagged chat data)."""
+
+    field: str = "???"
+    regex: str = "???"
+    action: str = "drop"  # drop | keep
+
+
 @dataclass
 class SourceConfig:
-    """A fixture source: JSONL lines with ``text`` (loss on every token) or ``prompt`` + ``completion``."""
+    """Where a source lives and how its records read: ``fields`` maps the format's field names to the file's."""
 
-    path: str = "???"
-    weight: float = 1.0
+    path: str = "???"  # JSONL, JSON array, Parquet, CSV, an HF dataset saved to disk, or a hub dataset name
+    format: str = "messages"
+    fields: dict[str, str] = field(default_factory=dict)
+    filter: Optional[FilterConfig] = None
+    kind: str = "auto"  # auto | jsonl | json | parquet | csv | hf_disk | hub
+    split: str = "train"
+    on_bad_record: str = "error"  # error | drop (counted in data_stats.json)
+
+
+@dataclass
+class MixConfig:
+    """A source's share of a stage. amount: 1 = all, a fraction ("1/16", 0.25) or a whole count > 1; nested and
+    seeded. weight: sampling share (by data.weight_by); unset = proportional to the selected amount."""
+
+    weight: Optional[float] = None
+    amount: str = "1"
+
+
+@dataclass
+class StageConfig:
+    """One stage of a curriculum: its own mixture and length (epochs over the selected data, or steps)."""
+
+    name: str = "main"
+    epochs: Optional[float] = None
+    steps: Optional[int] = None
+    mix: dict[str, MixConfig] = field(default_factory=dict)
 
 
 @dataclass
 class DataConfig:
-    """Until the Grain pipeline lands: bundled fixture sources, byte-level tokens, first-fit packing."""
+    """Sources, formats and the stages that mix them (the contract users write most; see ARCHITECTURE.md)."""
 
     name: str = "fixture"
     seq_len: int = 2048
-    # auto: the tokenizer that comes with model.init_from (bytes when it has none); bytes; or an HF tokenizer dir
+    # auto: the tokenizer that comes with model.init_from (byte-level when there is none); bytes; or an HF tokenizer
     tokenizer: str = "auto"
+    template: str = "auto"  # the tokenizer's chat template, or vicuna_v1.1 | llama2 | chatml | none
+    train_on_prompt: bool = False
+    overlong: str = "truncate"  # or drop; counted either way
+    weight_by: str = "examples"  # mixture weights as shares of examples or of tokens
+    packing_bins: int = 32
     sources: dict[str, SourceConfig] = field(default_factory=dict)
+    stages: list[StageConfig] = field(default_factory=list)  # empty: one stage "main" over every source
 
     def validate(self) -> None:
         _require(self.seq_len >= 2, "data.seq_len", "an integer >= 2", self.seq_len)
         _require(self.tokenizer in ("auto", "bytes") or Path(self.tokenizer).expanduser().is_dir(), "data.tokenizer",
                  "'auto', 'bytes' or a Hugging Face tokenizer directory", self.tokenizer)
+        _require(self.template in TEMPLATES, "data.template", f"one of {TEMPLATES}", self.template)
+        _require(self.overlong in ("truncate", "drop"), "data.overlong", "'truncate' or 'drop'", self.overlong)
+        _require(self.weight_by in ("examples", "tokens"), "data.weight_by", "'examples' or 'tokens'", self.weight_by)
+        _require(self.packing_bins >= 1, "data.packing_bins", "a positive integer", self.packing_bins)
         _require(len(self.sources) > 0, "data.sources", "at least one source", dict(self.sources))
         for name, src in self.sources.items():
-            _require(src.weight > 0 and math.isfinite(src.weight), f"data.sources.{name}.weight",
-                     "a positive finite number", src.weight)
+            key = f"data.sources.{name}"
+            _require(src.format in FORMATS, f"{key}.format", f"one of {FORMATS}", src.format)
+            _require(src.on_bad_record in ("error", "drop"), f"{key}.on_bad_record", "'error' or 'drop'",
+                     src.on_bad_record)
+            if src.filter is not None:
+                _require(src.filter.action in ("drop", "keep"), f"{key}.filter.action", "'drop' or 'keep'",
+                         src.filter.action)
+        names = [s.name for s in self.stages]
+        _require(len(set(names)) == len(names), "data.stages", "stages with distinct names", names)
+        for i, stage in enumerate(self.stages):
+            key = f"data.stages.{i}"
+            _require(stage.epochs is None or stage.steps is None, key, "epochs or steps, not both",
+                     {"epochs": stage.epochs, "steps": stage.steps})
+            _require(stage.epochs is None or stage.epochs > 0, f"{key}.epochs", "a positive number", stage.epochs)
+            _require(stage.steps is None or stage.steps >= 1, f"{key}.steps", "a positive integer", stage.steps)
+            _require(len(self.stages) == 1 or stage.epochs is not None or stage.steps is not None, key,
+                     "epochs or steps (each stage of a multi-stage run needs a length)", stage.name)
+            _require(len(stage.mix) > 0, f"{key}.mix", "at least one source", dict(stage.mix))
+            for src in stage.mix:
+                _require(src in self.sources, f"{key}.mix.{src}", f"one of the sources {sorted(self.sources)}", src)
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 100
+    max_steps: int = -1  # -1: as long as the data stages say; otherwise a cap on the whole run
     seed: int = 0
     global_batch_size: int = 8  # rows of data.seq_len per optimizer step, over all devices and micro-batches
     grad_accum: int = 1
@@ -266,7 +331,8 @@ class TrainConfig:
     tensorboard: bool = True
 
     def validate(self) -> None:
-        _require(self.max_steps >= 1, "train.max_steps", "a positive integer", self.max_steps)
+        _require(self.max_steps >= 1 or self.max_steps == -1, "train.max_steps",
+                 "a positive integer, or -1 (the data stages' own length)", self.max_steps)
         _require(self.global_batch_size >= 1, "train.global_batch_size", "a positive integer",
                  self.global_batch_size)
         _require(self.grad_accum >= 1, "train.grad_accum", "a positive integer", self.grad_accum)

@@ -4,17 +4,52 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from sftjax.config import (
     FIXTURE_DIR,
     Config,
     DataConfig,
     MeshConfig,
+    MixConfig,
     ModelConfig,
     OptimConfig,
     SourceConfig,
+    StageConfig,
     TrainConfig,
 )
-from sftjax.data.fixture import Document, materialize
+
+
+@dataclass(eq=False)
+class Document:
+    tokens: np.ndarray  # int32 [n]
+    trained: np.ndarray  # bool [n]: token is a loss target
+    source: int
+
+
+def materialize(docs: list[Document], seq_len: int) -> dict[str, np.ndarray]:
+    """Hand-packed row in the batch contract (sftjax.data.packing), documents in the given order."""
+    out = {
+        "input_ids": np.zeros(seq_len, np.int32),
+        "targets": np.zeros(seq_len, np.int32),
+        "loss_mask": np.zeros(seq_len, bool),
+        "segment_ids": np.zeros(seq_len, np.int32),
+        "positions": np.zeros(seq_len, np.int32),
+        "source_ids": np.full(seq_len, -1, np.int32),
+    }
+    at = 0
+    for seg, doc in enumerate(docs, 1):
+        n = len(doc.tokens) - 1
+        sl = slice(at, at + n)
+        out["input_ids"][sl] = doc.tokens[:-1]
+        out["targets"][sl] = doc.tokens[1:]
+        out["loss_mask"][sl] = doc.trained[1:]
+        out["segment_ids"][sl] = seg
+        out["positions"][sl] = np.arange(n)
+        out["source_ids"][sl] = doc.source
+        at += n
+    out["positions"][at:] = np.arange(seq_len - at)
+    return out
 
 
 def random_documents(rng: np.random.Generator, lengths, vocab: int, prompt_frac: float = 0.3, source: int = 0):
@@ -45,9 +80,9 @@ def tiny_config(run_dir: str = "unused", **overrides) -> Config:
         mesh=MeshConfig(),
         train=TrainConfig(max_steps=3, global_batch_size=8, log_every=1, progress=False, tensorboard=False),
         data=DataConfig(seq_len=128, sources={
-            "arith": SourceConfig(path=str(FIXTURE_DIR / "arith.jsonl")),
-            "prose": SourceConfig(path=str(FIXTURE_DIR / "prose.jsonl")),
-        }),
+            "arith": SourceConfig(path=str(FIXTURE_DIR / "arith.jsonl"), format="prompt_completion"),
+            "prose": SourceConfig(path=str(FIXTURE_DIR / "prose.jsonl"), format="text"),
+        }, stages=[StageConfig(name="main", mix={"arith": MixConfig(weight=1.0), "prose": MixConfig(weight=1.0)})]),
     )
     for key, value in overrides.items():
         section, name = key.split(".")

@@ -69,7 +69,7 @@ def test_train_checks_that_need_devices_fail_before_compiling(tmp_path):
     assert r.returncode == 2 and "'mesh'" in r.stderr and "device count 1" in r.stderr
     assert "compiled" not in r.stdout + r.stderr
     r = run_train(f"run_dir={tmp_path / 'v'}", "model.vocab_size=100")
-    assert r.returncode == 2 and "model.vocab_size" in r.stderr and ">= 258" in r.stderr
+    assert r.returncode == 2 and "model.vocab_size" in r.stderr and ">= 259" in r.stderr
 
 
 def test_train_stops_on_nonfinite_loss(tmp_path):

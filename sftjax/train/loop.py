@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from sftjax.ckpt.checkpoints import Checkpointer, abstract_like
 from sftjax.config import Config, ConfigError, to_dict
-from sftjax.data.fixture import FixtureStream
+from sftjax.data.pipeline import DataPipeline
+from sftjax.data.tokenizer import load_tokenizer
 from sftjax.model.flops import matmul_params, train_flops
 from sftjax.parallel.mesh import initialize_distributed, make_mesh
 from sftjax.train.metrics import MetricsWriter
@@ -130,18 +131,18 @@ def train(cfg: Config, log=print) -> dict:
 
         source = resolve_init_source(cfg.model.init_from, log=log)
     tokenizer_dir = _tokenizer_dir(cfg, run_dir, resuming, source)
-    tokenizer = None
-    if tokenizer_dir is not None:
-        from sftjax.data.fixture import ChatTokenizer
-
-        tokenizer = ChatTokenizer(tokenizer_dir)
-    data = FixtureStream(cfg.data, seed=cfg.train.seed, tokenizer=tokenizer)
-    if cfg.model.vocab_size < data.tokenizer.vocab_size:
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if cfg.model.vocab_size < len(tokenizer):
         raise ConfigError(
-            f"config key 'model.vocab_size': expected >= {data.tokenizer.vocab_size} "
+            f"config key 'model.vocab_size': expected >= {len(tokenizer)} "
             f"(the vocabulary of tokenizer {tokenizer_dir or 'bytes'}), got {cfg.model.vocab_size}"
         )
-    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.max_steps)
+    rows, seq = cfg.train.global_batch_size, cfg.data.seq_len
+    data = DataPipeline(cfg.data, tokenizer, seed=cfg.train.seed, global_rows=rows, max_steps=cfg.train.max_steps,
+                        log=log)
+    total_steps = data.total_steps
+    log("data: " + "; ".join(f"stage {s['name']}: {s['steps']} steps" for s in data.stage_info()))
+    optimizer, schedule = make_optimizer(cfg.optim, total_steps)
     graphdef, abstract_state, shardings = train_state_layout(cfg.model, optimizer, mesh)
     ckpt = Checkpointer(run_dir, cfg.train, log=log)
     restored = ckpt.restore_latest(abstract_like(
@@ -169,7 +170,7 @@ def train(cfg: Config, log=print) -> dict:
 
             params = load_initial_params(cfg.model, source, abstract_state["params"], shardings["params"], log=log)
         if is_main:
-            _keep_tokenizer(run_dir, tokenizer_dir, source)
+            _keep_tokenizer(run_dir, tokenizer, source)
         graphdef, state, shardings = init_train_state(cfg.model, optimizer, mesh, cfg.train.seed, params=params)
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))
     log(f"model {cfg.model.name}: {n_params / 1e6:.2f}M parameters; mesh data={mesh_shape[0]} fsdp={mesh_shape[1]} "
@@ -182,13 +183,12 @@ def train(cfg: Config, log=print) -> dict:
         shardings,
         mesh,
     )
-    rows, seq = cfg.train.global_batch_size, cfg.data.seq_len
     procs, pid = jax.process_count(), jax.process_index()
     local_rows = rows // procs
     t0 = time.perf_counter()
     batch_spec = {k: jax.ShapeDtypeStruct((rows, seq), dt, sharding=batch_shardings(mesh)[k])
                   for k, dt in BATCH_DTYPES.items()}
-    compiled = step_fn.lower(state, batch_spec).compile() if start < cfg.train.max_steps else None
+    compiled = step_fn.lower(state, batch_spec).compile() if start < total_steps else None
     compile_s = time.perf_counter() - t0
     if compiled is not None:
         log(f"compiled train step in {compile_s:.1f}s")
@@ -205,7 +205,7 @@ def train(cfg: Config, log=print) -> dict:
         return {"model": dataclasses.asdict(cfg.model), "config": to_dict(cfg), "data": data.state(),
                 "metrics": last}
 
-    def flush() -> None:
+    def flush(stage: str) -> None:
         nonlocal first, last, window_start, window_tokens, window_flops
         fetched = jax.device_get([m for _, m, _ in pending])
         elapsed = time.perf_counter() - window_start
@@ -224,7 +224,7 @@ def train(cfg: Config, log=print) -> dict:
         m = fetched[-1]
         last = {
             "step": s,
-            "stage": "main",
+            "stage": stage,
             "loss": sum(float(f["loss"]) * float(f["loss_tokens"]) for f in fetched) / max(n_tok, 1.0),
             **{f"loss/{name}": float(src_sum[i] / src_tok[i]) for i, name in enumerate(data.source_names)
                if src_tok[i] > 0},
@@ -241,15 +241,15 @@ def train(cfg: Config, log=print) -> dict:
         pending.clear()
         window_start, window_tokens, window_flops = time.perf_counter(), 0, 0.0
 
-    if start >= cfg.train.max_steps:
-        log(f"resume: {run_dir} is already complete at step {start} (train.max_steps={cfg.train.max_steps})")
-    bar = tqdm(total=cfg.train.max_steps, initial=start, disable=not (cfg.train.progress and is_main),
+    if start >= total_steps:
+        log(f"resume: {run_dir} is already complete at step {start} of {total_steps}")
+    bar = tqdm(total=total_steps, initial=start, disable=not (cfg.train.progress and is_main),
                dynamic_ncols=True)
     step = start
     try:
         with _StopSignals() as stop:
-            for step in range(start + 1, cfg.train.max_steps + 1):
-                global_batch = data.next_batch(rows)  # every process builds the same stream and keeps its own rows
+            for step in range(start + 1, total_steps + 1):
+                stage, global_batch, stage_ends = data.next_batch()  # every process builds the same stream
                 local = {k: v[pid * local_rows : (pid + 1) * local_rows] for k, v in global_batch.items()}
                 real = int((global_batch["segment_ids"] > 0).sum())
                 flops = train_flops(cfg.model, real,
@@ -262,10 +262,10 @@ def train(cfg: Config, log=print) -> dict:
                 bar.update(1)
                 signum = stop.agreed()
                 periodic = cfg.train.save_every and step % cfg.train.save_every == 0
-                final = step == cfg.train.max_steps
-                if step % cfg.train.log_every == 0 or final or periodic or signum:
-                    flush()  # a checkpoint's step is always logged, so a resumed metrics.jsonl has no gap
-                if periodic or final or signum:
+                final = step == total_steps
+                if step % cfg.train.log_every == 0 or final or periodic or signum or stage_ends:
+                    flush(stage)  # a checkpoint's step is always logged, so a resumed metrics.jsonl has no gap
+                if periodic or final or signum or stage_ends:
                     ckpt.save(step, state, meta_now(), last)
                 if signum and not final:
                     raise Preempted(signum, step, ckpt.root)
@@ -280,17 +280,17 @@ def train(cfg: Config, log=print) -> dict:
         save_hf(state["params"], cfg.model, run_dir / "hf", tokenizer_dir=tokenizer if tokenizer.is_dir() else None,
                 generation_config=read_generation_config(run_dir), dtype=cfg.train.export_dtype, log=log)
     summary = {
-        "steps": cfg.train.max_steps,
+        "steps": total_steps,
         "first_log": first,
         "last_log": last,
         "tokens": total_tokens,
         "compile_s": compile_s,
         "params": n_params,
         "matmul_params": matmul_params(cfg.model),
-        "data": {name: vars(st) for name, st in data.stats.items()},
+        "data": data.stats(),
     }
     if is_main:
-        (run_dir / "data_stats.json").write_text(json.dumps({"main": summary["data"]}, indent=2))
+        (run_dir / "data_stats.json").write_text(json.dumps(summary["data"], indent=2))
     summary["state"] = state  # the final train state (sharded arrays), for callers that continue with it
     return summary
 
@@ -308,14 +308,17 @@ def _tokenizer_dir(cfg: Config, run_dir: Path, resuming: bool, source) -> Path |
     return source.tokenizer_dir if source is not None else None
 
 
-def _keep_tokenizer(run_dir: Path, tokenizer_dir: Path | None, source) -> None:
+def _keep_tokenizer(run_dir: Path, tokenizer, source) -> None:
     """The run directory keeps the tokenizer its data was made with and the generation config of its initial
-    weights, so an export of the run (sftjax-convert sftjax-to-hf, train.export_hf) carries them."""
-    from sftjax.ckpt.hf import copy_tokenizer
-
+    weights, so a resumed run reads the same tokens and an export of the run carries them."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is not None:
-        copy_tokenizer(tokenizer_dir, run_dir / "tokenizer")
+    tmp = run_dir / "tokenizer.tmp"
+    tokenizer.save_pretrained(tmp)
+    if (run_dir / "tokenizer").exists():
+        import shutil
+
+        shutil.rmtree(run_dir / "tokenizer")
+    tmp.rename(run_dir / "tokenizer")
     gen = source.generation_config if source is not None else None
     if gen is not None:
         (run_dir / "generation_config.json").write_text(json.dumps(gen, indent=2))

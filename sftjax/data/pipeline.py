@@ -1,0 +1,202 @@
+"""The run's data: sources -> formats -> chat template + tokens + loss masks -> per stage: amounts, weighted mix,
+best-fit packing -> fixed-shape global batches, with a state that checkpoints and restores exactly.
+
+Every example is tokenized once up front (small SFT sets; the count of everything truncated or dropped is known
+before the first step). Each stage is then a Grain stream (sftjax.data.mixing, sftjax.data.packing); its length is
+``steps``, or ``epochs`` passes over its selected examples (counted by packing them once), or, for a one-stage run
+without a length, ``train.max_steps``. A stage's last batch is topped up with empty rows (no loss tokens), so the step
+shapes never change and no example is left out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from sftjax.config import ConfigError, DataConfig, MixConfig, StageConfig
+from sftjax.data.mixing import MixEntry, stage_stream
+from sftjax.data.packing import pack, shifted
+
+
+@dataclass
+class SourceStats:
+    """What happened to a source's records before any mixing (all counted, none silently lost)."""
+
+    records: int = 0
+    filtered: int = 0  # removed by the source's filter
+    bad: int = 0  # malformed and dropped (on_bad_record=drop)
+    truncated: int = 0  # longer than seq_len: cut (overlong=truncate)
+    dropped: int = 0  # longer than seq_len with overlong=drop, or no loss token left
+    examples: int = 0  # usable
+    reasons: list[str] = field(default_factory=list)  # the first few reasons for bad records
+
+
+def tokenize_source(name: str, source_id: int, cfg: DataConfig, tokenizer) -> tuple[list[dict], SourceStats]:
+    from sftjax.data.formats import to_example
+    from sftjax.data.sources import SourceSpec, read_source
+    from sftjax.data.templates import render
+
+    src = cfg.sources[name]
+    filters = [asdict(src.filter)] if src.filter is not None else []
+    records, read = read_source(SourceSpec(name=name, path=src.path, format=src.format, fields=dict(src.fields),
+                                           filters=filters, split=src.split, kind=src.kind,
+                                           on_bad_record=src.on_bad_record))
+    stats = SourceStats(records=read.read, filtered=read.filtered_out, bad=read.bad, reasons=list(read.bad_reasons))
+    examples = []
+    for rec in records:
+        ids, trained = render(to_example(rec.fields, src.format, where=rec.id), tokenizer, cfg.template,
+                              cfg.train_on_prompt)
+        if len(ids) > cfg.seq_len + 1:  # a document of n tokens fills n-1 slots
+            if cfg.overlong == "drop":
+                stats.dropped += 1
+                continue
+            ids, trained = ids[: cfg.seq_len + 1], trained[: cfg.seq_len + 1]
+            stats.truncated += 1
+        if not any(trained[1:]):
+            stats.dropped += 1  # nothing to learn from (an empty answer, or a prompt that filled the row)
+            continue
+        examples.append(shifted(np.asarray(ids, np.int32), np.asarray(trained, bool), source_id))
+    stats.examples = len(examples)
+    if not examples:
+        raise ConfigError(f"data source '{name}' ({src.path}) has no usable examples: {asdict(stats)}")
+    return examples, stats
+
+
+def _empty_row(seq_len: int) -> dict[str, np.ndarray]:
+    return {"input_ids": np.zeros(seq_len, np.int32), "targets": np.zeros(seq_len, np.int32),
+            "loss_mask": np.zeros(seq_len, bool), "segment_ids": np.zeros(seq_len, np.int32),
+            "positions": np.arange(seq_len, dtype=np.int32), "source_ids": np.full(seq_len, -1, np.int32)}
+
+
+class DataPipeline:
+    def __init__(self, cfg: DataConfig, tokenizer, *, seed: int, global_rows: int, max_steps: int, log=print):
+        self.cfg, self.seed, self.rows = cfg, seed, global_rows
+        self.tokenizer = tokenizer
+        self.source_names = list(cfg.sources)
+        self.examples, self.source_stats = {}, {}
+        for i, name in enumerate(self.source_names):
+            self.examples[name], self.source_stats[name] = tokenize_source(name, i, cfg, tokenizer)
+            s = self.source_stats[name]
+            log(f"data: {name}: {s.examples} examples of {s.records} records ({s.filtered} filtered, {s.bad} bad, "
+                f"{s.truncated} truncated, {s.dropped} dropped)")
+        self.stages = list(cfg.stages) or [StageConfig(name="main", mix={n: MixConfig() for n in self.source_names})]
+        self.steps = [self._stage_steps(i, max_steps) for i in range(len(self.stages))]
+        if max_steps > 0:  # train.max_steps caps the whole curriculum
+            capped, left = [], max_steps
+            for s in self.steps:
+                capped.append(min(s, left))
+                left -= capped[-1]
+            self.steps = capped
+        self.total_steps = sum(self.steps)
+        self.consumed = [{n: {"examples": 0, "tokens": 0, "loss_tokens": 0} for n in self.source_names}
+                         for _ in self.stages]
+        self.stage, self.step_in_stage = 0, 0
+        self._skip_empty_stages()
+        self._rows = self._open(self.stage)
+
+    # -- stage layout -----------------------------------------------------------------------------------------
+    def _mix(self, i: int) -> dict[str, MixEntry]:
+        return {n: MixEntry(amount=m.amount, weight=m.weight) for n, m in self.stages[i].mix.items()}
+
+    def _stream(self, i: int, total: int | None):
+        return stage_stream(self.examples, self._mix(i), seed=self.seed + 1000 * i, where=f"data.stages.{i}.mix",
+                            weight_by=self.cfg.weight_by, total=total)
+
+    def _stage_examples(self, i: int) -> int | None:
+        stage = self.stages[i]
+        if stage.epochs is None:
+            return None
+        _, info = self._stream(i, None)
+        return max(1, round(stage.epochs * sum(v["selected"] for v in info.values())))
+
+    def _open(self, i: int):
+        if i >= len(self.stages):
+            return None
+        stream, _ = self._stream(i, self._stage_examples(i))
+        return iter(pack(stream.to_iter_dataset(), self.cfg.seq_len, num_bins=self.cfg.packing_bins,
+                         seed=self.seed + 1000 * i))
+
+    def _stage_steps(self, i: int, max_steps: int) -> int:
+        stage = self.stages[i]
+        if stage.steps is not None:
+            return stage.steps
+        if stage.epochs is not None:
+            rows = sum(1 for _ in self._open(i))
+            return math.ceil(rows / self.rows)
+        if max_steps <= 0:
+            raise ConfigError(f"config key 'train.max_steps': stage '{stage.name}' has no epochs or steps, so the run "
+                              "needs a positive train.max_steps")
+        return max_steps
+
+    def stage_info(self) -> list[dict]:
+        out = []
+        for i, stage in enumerate(self.stages):
+            _, info = self._stream(i, None)
+            out.append({"name": stage.name, "steps": self.steps[i], "epochs": stage.epochs, "sources": info})
+        return out
+
+    @property
+    def stage_name(self) -> str:
+        return self.stages[min(self.stage, len(self.stages) - 1)].name
+
+    def _skip_empty_stages(self) -> None:
+        while self.stage < len(self.stages) and self.step_in_stage >= self.steps[self.stage]:
+            self.stage, self.step_in_stage = self.stage + 1, 0
+
+    # -- batches ----------------------------------------------------------------------------------------------
+    def next_batch(self) -> tuple[str, dict[str, np.ndarray], bool]:
+        """(stage name, global batch [rows, seq_len], whether this batch ends its stage)."""
+        if self.stage >= len(self.stages):
+            raise RuntimeError("the curriculum is finished")
+        rows = []
+        for _ in range(self.rows):
+            row = next(self._rows, None)
+            rows.append(row if row is not None else _empty_row(self.cfg.seq_len))
+        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        self._count(batch)
+        name = self.stages[self.stage].name
+        self.step_in_stage += 1
+        ends = self.step_in_stage >= self.steps[self.stage]
+        if ends:
+            self.stage, self.step_in_stage = self.stage + 1, 0
+            self._skip_empty_stages()
+            self._rows = self._open(self.stage)
+        return name, batch, ends
+
+    def _count(self, batch: dict) -> None:
+        seg, src, pos = batch["segment_ids"], batch["source_ids"], batch["positions"]
+        counts = self.consumed[self.stage]
+        for i, name in enumerate(self.source_names):
+            mine = (src == i) & (seg > 0)
+            if not mine.any():
+                continue
+            docs = int((mine & (pos == 0)).sum())
+            counts[name]["examples"] += docs
+            counts[name]["tokens"] += int(mine.sum()) + docs  # n tokens fill n-1 slots
+            counts[name]["loss_tokens"] += int((mine & batch["loss_mask"]).sum())
+
+    # -- checkpointing ----------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"kind": "grain", "seed": self.seed, "stage": self.stage, "step_in_stage": self.step_in_stage,
+                "iterator": self._rows.get_state() if self._rows is not None else None, "consumed": self.consumed}
+
+    def restore(self, state: dict) -> None:
+        if state.get("kind") != "grain" or state.get("seed") != self.seed:
+            raise ConfigError(f"checkpoint data state (kind {state.get('kind')!r}, seed {state.get('seed')}) does not "
+                              f"belong to this data pipeline (seed {self.seed})")
+        self.stage, self.step_in_stage, self.consumed = state["stage"], state["step_in_stage"], state["consumed"]
+        self._rows = self._open(self.stage)
+        if self._rows is not None and state["iterator"] is not None:
+            self._rows.set_state(state["iterator"])
+
+    def stats(self) -> dict:
+        """data_stats.json: realized composition per stage and source, plus what happened to each source."""
+        out = {}
+        for i, stage in enumerate(self.stages):
+            out[stage.name] = {n: {**self.consumed[i][n], "truncated": self.source_stats[n].truncated,
+                                   "dropped": self.source_stats[n].dropped + self.source_stats[n].bad}
+                               for n in stage.mix}
+        out["source_records"] = {n: asdict(s) for n, s in self.source_stats.items()}
+        return out

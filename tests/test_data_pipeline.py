@@ -1,0 +1,128 @@
+"""The whole data pipeline: sources -> template -> masks -> stages -> packed batches; counting, stages, resume."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sftjax.config import FIXTURE_DIR, ConfigError, DataConfig, MixConfig, SourceConfig, StageConfig
+from sftjax.data.pipeline import DataPipeline
+from sftjax.data.tokenizer import byte_tokenizer
+
+TOK = byte_tokenizer()
+EOT = TOK.convert_tokens_to_ids("<|im_end|>")
+
+
+def pipeline(sources: dict, stages=(), seq_len=256, rows=4, max_steps=-1, **data):
+    cfg = DataConfig(seq_len=seq_len, sources=sources, stages=list(stages), **data)
+    cfg.validate()
+    return DataPipeline(cfg, TOK, seed=0, global_rows=rows, max_steps=max_steps, log=lambda *_: None)
+
+
+ARITH = {"arith": SourceConfig(path=str(FIXTURE_DIR / "arith.jsonl"), format="prompt_completion")}
+BOTH = {**ARITH, "prose": SourceConfig(path=str(FIXTURE_DIR / "prose.jsonl"), format="text")}
+
+
+def test_eos_is_trained():
+    p = pipeline(ARITH, max_steps=2)
+    _, b, _ = p.next_batch()
+    seg = b["segment_ids"]
+    for r in range(len(seg)):
+        for d in np.unique(seg[r][seg[r] > 0]):
+            idx = np.nonzero(seg[r] == d)[0]
+            # the assistant turn's end-of-turn token is a trained target; ChatML's newline after it is too
+            trained = b["targets"][r, idx][b["loss_mask"][r, idx]]
+            assert EOT in trained.tolist()
+
+
+def test_no_label_crosses_document_boundary():
+    p = pipeline(BOTH, max_steps=2)
+    _, b, _ = p.next_batch()
+    seg = b["segment_ids"]
+    same = (seg[:, 1:] == seg[:, :-1]) & (seg[:, :-1] > 0)
+    np.testing.assert_array_equal(b["targets"][:, :-1][same], b["input_ids"][:, 1:][same])
+    assert not b["loss_mask"][seg == 0].any()
+
+
+def test_prompts_are_masked():
+    p = pipeline(ARITH, max_steps=1, seq_len=128, rows=1)
+    _, b, _ = p.next_batch()
+    first = np.nonzero(b["segment_ids"][0] == 1)[0]
+    trained = b["targets"][0, first][b["loss_mask"][0, first]]
+    text = TOK.decode(trained)
+    assert text.startswith(" ") and text.rstrip().endswith("<|im_end|>") and "Q:" not in text  # the answer only
+
+
+def test_stages_run_in_order_with_their_own_mixtures_and_epochs():
+    stages = [StageConfig(name="math", epochs=1, mix={"arith": MixConfig(amount="1/10")}),
+              StageConfig(name="general", steps=2, mix={"prose": MixConfig(), "arith": MixConfig(amount="1/100")})]
+    p = pipeline(BOTH, stages, seq_len=512, rows=4)
+    seen = []
+    for _ in range(p.total_steps):
+        name, b, ends = p.next_batch()
+        seen.append((name, ends, set(np.unique(b["source_ids"][b["segment_ids"] > 0]).tolist())))
+    assert [s[0] for s in seen] == ["math"] * p.steps[0] + ["general"] * 2
+    assert [s[1] for s in seen].count(True) == 2 and seen[p.steps[0] - 1][1]
+    assert all(s[2] <= {0} for s in seen[: p.steps[0]])  # stage 1 is arithmetic only
+    stats = p.stats()
+    assert stats["math"]["arith"]["examples"] == 300  # one epoch over 1/10 of 3000 examples, every one seen
+    assert stats["general"]["prose"]["examples"] > 0 and stats["source_records"]["prose"]["records"] == 220
+
+
+def test_resume_is_exact_across_a_stage_boundary():
+    stages = [StageConfig(name="a", steps=3, mix={"arith": MixConfig()}),
+              StageConfig(name="b", steps=3, mix={"prose": MixConfig(), "arith": MixConfig()})]
+    whole = pipeline(BOTH, stages)
+    batches = [whole.next_batch() for _ in range(6)]
+    for cut in (2, 3, 4):
+        first = pipeline(BOTH, stages)
+        for _ in range(cut):
+            first.next_batch()
+        state = json.loads(json.dumps(first.state()))  # what a checkpoint stores
+        resumed = pipeline(BOTH, stages)
+        resumed.restore(state)
+        for (n1, b1, e1), (n2, b2, e2) in zip(batches[cut:], [resumed.next_batch() for _ in range(6 - cut)],
+                                              strict=True):
+            assert (n1, e1) == (n2, e2)
+            for k in b1:
+                np.testing.assert_array_equal(b1[k], b2[k])
+        assert resumed.stats() == whole.stats() if cut == 6 else True
+
+
+def test_max_steps_caps_the_curriculum():
+    stages = [StageConfig(name="a", steps=3, mix={"arith": MixConfig()}),
+              StageConfig(name="b", steps=3, mix={"prose": MixConfig()})]
+    assert pipeline(BOTH, stages, max_steps=4).steps == [3, 1]
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        pipeline(ARITH)  # one stage without a length and no train.max_steps
+
+
+def test_bad_input_is_reported_overlong_truncated_or_dropped(tmp_path):
+    texts, pairs = tmp_path / "texts.jsonl", tmp_path / "pairs.jsonl"
+    texts.write_text(json.dumps({"text": "x" * 500}) + "\n" + json.dumps({"text": "short"}) + "\n")
+    pairs.write_text(json.dumps({"prompt": "p" * 500, "completion": "c"}) + "\n"
+                     + json.dumps({"prompt": "2+2?", "completion": "4"}) + "\n")
+    src = {"texts": SourceConfig(path=str(texts), format="text"),
+           "pairs": SourceConfig(path=str(pairs), format="prompt_completion")}
+    p = pipeline(src, max_steps=1, seq_len=64)
+    t, q = p.source_stats["texts"], p.source_stats["pairs"]
+    assert (t.records, t.truncated, t.dropped, t.examples) == (2, 1, 0, 2)
+    assert (q.records, q.truncated, q.dropped, q.examples) == (2, 1, 1, 1)  # the cut prompt left nothing to learn
+    p = pipeline(src, max_steps=1, seq_len=64, overlong="drop")
+    t, q = p.source_stats["texts"], p.source_stats["pairs"]
+    assert (t.truncated, t.dropped, t.examples, q.dropped, q.examples) == (0, 1, 1, 1, 1)
+    assert p.stats()["main"]["texts"]["dropped"] == 1  # reported in data_stats.json per stage and source
+    with pytest.raises(ConfigError, match="missing field 'text'"):  # a record of the wrong format is named
+        pipeline({"pairs": SourceConfig(path=str(pairs), format="text")}, max_steps=1, seq_len=64)
+
+
+def test_bad_input_is_reported_config():
+    with pytest.raises(ConfigError, match=r"data.stages.0.mix.poetry"):
+        pipeline(ARITH, [StageConfig(mix={"poetry": MixConfig()})], max_steps=1)
+    with pytest.raises(ConfigError, match=r"data.sources.arith.format"):
+        pipeline({"arith": SourceConfig(path="x.jsonl", format="sonnet")}, max_steps=1)
+    with pytest.raises(ConfigError, match=r"data.template"):
+        pipeline(ARITH, max_steps=1, template="vicuna")
+    with pytest.raises(ConfigError, match=r"data.stages.1"):
+        pipeline(BOTH, [StageConfig(name="a", steps=1, mix={"arith": MixConfig()}),
+                        StageConfig(name="b", mix={"prose": MixConfig()})])
