@@ -260,6 +260,19 @@ class StageConfig:
 
 
 @dataclass
+class StrategyConfig:
+    """Builds data.stages from the specialized and general sources (sftjax.data.strategy; conf/strategy)."""
+
+    name: str = "none"  # none | multitask | sequential | mixed_sequential | dmt
+    specialized: list[str] = field(default_factory=list)
+    general: list[str] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)  # sequential: the source order (default specialized, general)
+    epochs: float = 3.0  # per stage
+    amounts: dict[str, str] = field(default_factory=dict)  # source -> data amount (1, 1/4, ... or a count)
+    k: str = "1/256"  # dmt: the share of each specialized source's amount that joins the general stage
+
+
+@dataclass
 class DataConfig:
     """Sources, formats and the stages that mix them (the contract users write most; see ARCHITECTURE.md)."""
 
@@ -361,6 +374,15 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+    def apply_strategy(self) -> None:
+        """strategy.name != none writes data.stages (once, when the config is composed); they are then checked
+        like any others."""
+        if self.strategy.name != "none":
+            from sftjax.data.strategy import strategy_stages
+
+            self.data.stages = strategy_stages(self.strategy, self.data)
 
     def validate(self) -> None:
         for part in (self.model, self.optim, self.mesh, self.train, self.data):
@@ -466,6 +488,8 @@ def to_config(cfg: DictConfig | dict, schema: type = Config):
         cfg = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     obj = OmegaConf.to_object(cfg)
     assert isinstance(obj, schema)
+    if isinstance(obj, Config):
+        obj.apply_strategy()
     obj.validate()
     return obj
 

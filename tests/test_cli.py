@@ -77,3 +77,22 @@ def test_train_stops_on_nonfinite_loss(tmp_path):
                   "optim.warmup_ratio=0", "train.progress=false")
     assert r.returncode == 3, r.stderr[-2000:]
     assert "at step" in r.stderr and "Last good checkpoint" in r.stderr
+
+
+def test_train_runs_a_dmt_curriculum(tmp_path):
+    """strategy=dmt end to end: two stages in order, metrics carry the stage, a checkpoint at each stage end and
+    data_stats.json with the realized composition per stage."""
+    run_dir = tmp_path / "dmt"
+    r = run_train(f"run_dir={run_dir}", *TINY, "train.progress=false", "data.stages=[]", "strategy=dmt",
+                  "strategy.specialized=[arith]", "strategy.general=[prose]", "strategy.epochs=1", "strategy.k=1/2",
+                  "+strategy.amounts.arith=40", "+strategy.amounts.prose=1/10", "train.keep_last=5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    names = [rec["stage"] for rec in records]
+    assert names[0] == "specialized" and names[-1] == "general_plus_k" and names == sorted(names, reverse=True)
+    first_general = names.index("general_plus_k")
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [records[first_general - 1]["step"], records[-1]["step"]]  # one per stage end
+    stats = json.load(open(run_dir / "data_stats.json"))
+    assert stats["specialized"]["arith"]["examples"] == 40  # one epoch of the 40 selected
+    assert stats["general_plus_k"]["arith"]["examples"] == 20 and stats["general_plus_k"]["prose"]["examples"] == 22
