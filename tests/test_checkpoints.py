@@ -18,7 +18,9 @@ from tests.test_cli import ROOT, run_train, train_env
 
 # Steps of ~0.2 s on 2 CPU cores, so a SIGTERM sent after step 3 lands well before the last step.
 SLOW = ["model=tiny", "model.attention_block=128", "data.seq_len=512", "train.global_batch_size=8",
-        "train.log_every=1", "train.progress=false", "optim.warmup_ratio=0", "train.max_steps=8"]
+        "train.log_every=1", "train.progress=false", "optim.warmup_ratio=0",
+        # two stages of 4 steps: an interruption after step 3 or later resumes across the stage boundary
+        "data.stages=[{name: a, steps: 4, mix: {arith: {}}}, {name: b, steps: 4, mix: {arith: {}, prose: {}}}]"]
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -61,6 +63,8 @@ def test_resume_is_exact(tmp_path):
     assert f"continuing {cut} from step {stopped}" in r.stdout + r.stderr
     a, b = losses(whole), losses(cut)
     assert sorted(b) == list(range(1, 9))
+    stages = [json.loads(line)["stage"] for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert stages == ["a"] * 4 + ["b"] * 4
     assert all(a[s] == b[s] for s in range(1, 9)), (a, b)  # exact equality, not approximate
     for x, y in zip(final_params(whole, 8), final_params(cut, 8), strict=True):
         np.testing.assert_array_equal(x, y)
