@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/matmul_peak.py
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/checkpoint_io.py
+	$(BIN)/python bench/data_throughput.py
 
 clean:
 	rm -rf $(VENV) runs
