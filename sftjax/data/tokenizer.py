@@ -38,3 +38,25 @@ def load_tokenizer(path: Path | None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
+
+
+def run_tokenizer(cfg, kept: Path | None = None, source=None):
+    """The tokenizer a run's data is made with. data.tokenizer=auto: the one kept in the run directory (``kept``,
+    so a resumed run reads the same tokens), else the one that came with model.init_from (``source``), else
+    byte-level. Checked against the model's vocabulary before anything is tokenized."""
+    from sftjax.config import ConfigError
+
+    choice = cfg.data.tokenizer
+    if choice == "bytes":
+        path = None
+    elif choice != "auto":
+        path = Path(choice).expanduser()
+    elif kept is not None:
+        path = kept if kept.is_dir() else None
+    else:
+        path = source.tokenizer_dir if source is not None else None
+    tokenizer = load_tokenizer(path)
+    if cfg.model.vocab_size < len(tokenizer):
+        raise ConfigError(f"config key 'model.vocab_size': expected >= {len(tokenizer)} (the vocabulary of tokenizer "
+                          f"{path or 'bytes'}), got {cfg.model.vocab_size}")
+    return tokenizer

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from sftjax.ckpt.checkpoints import Checkpointer, abstract_like
 from sftjax.config import Config, ConfigError, to_dict
 from sftjax.data.pipeline import DataPipeline
-from sftjax.data.tokenizer import load_tokenizer
+from sftjax.data.tokenizer import run_tokenizer
 from sftjax.model.flops import matmul_params, train_flops
 from sftjax.parallel.mesh import initialize_distributed, make_mesh
 from sftjax.train.metrics import MetricsWriter
@@ -130,13 +130,7 @@ def train(cfg: Config, log=print) -> dict:
         from sftjax.ckpt.init_from import resolve_init_source
 
         source = resolve_init_source(cfg.model.init_from, log=log)
-    tokenizer_dir = _tokenizer_dir(cfg, run_dir, resuming, source)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    if cfg.model.vocab_size < len(tokenizer):
-        raise ConfigError(
-            f"config key 'model.vocab_size': expected >= {len(tokenizer)} "
-            f"(the vocabulary of tokenizer {tokenizer_dir or 'bytes'}), got {cfg.model.vocab_size}"
-        )
+    tokenizer = run_tokenizer(cfg, run_dir / "tokenizer" if resuming else None, source)
     rows, seq = cfg.train.global_batch_size, cfg.data.seq_len
     data = DataPipeline(cfg.data, tokenizer, seed=cfg.train.seed, global_rows=rows, max_steps=cfg.train.max_steps,
                         log=log)
@@ -293,19 +287,6 @@ def train(cfg: Config, log=print) -> dict:
         (run_dir / "data_stats.json").write_text(json.dumps(summary["data"], indent=2))
     summary["state"] = state  # the final train state (sharded arrays), for callers that continue with it
     return summary
-
-
-def _tokenizer_dir(cfg: Config, run_dir: Path, resuming: bool, source) -> Path | None:
-    """data.tokenizer=auto uses the tokenizer that came with the initial weights (kept in RUN_DIR/tokenizer, so a
-    resumed run reads the same one); no tokenizer there means byte-level tokens."""
-    if cfg.data.tokenizer == "bytes":
-        return None
-    if cfg.data.tokenizer != "auto":
-        return Path(cfg.data.tokenizer).expanduser()
-    kept = run_dir / "tokenizer"
-    if resuming:
-        return kept if kept.is_dir() else None
-    return source.tokenizer_dir if source is not None else None
 
 
 def _keep_tokenizer(run_dir: Path, tokenizer, source) -> None:
