@@ -257,6 +257,19 @@ class StageConfig:
     epochs: Optional[float] = None
     steps: Optional[int] = None
     mix: dict[str, MixConfig] = field(default_factory=dict)
+    # Its own learning-rate schedule (warmup + cosine over this stage, restarting at its first step); unset keys
+    # take optim.*. When no stage sets lr, one schedule spans the whole run.
+    lr: Optional[float] = None
+    warmup_ratio: Optional[float] = None
+    min_lr_ratio: Optional[float] = None
+
+    def optim(self, base: "OptimConfig") -> "OptimConfig | None":
+        if self.lr is None and self.warmup_ratio is None and self.min_lr_ratio is None:
+            return None
+        return dataclasses.replace(
+            base, lr=base.lr if self.lr is None else self.lr,
+            warmup_ratio=base.warmup_ratio if self.warmup_ratio is None else self.warmup_ratio,
+            min_lr_ratio=base.min_lr_ratio if self.min_lr_ratio is None else self.min_lr_ratio)
 
 
 @dataclass
@@ -316,6 +329,12 @@ class DataConfig:
             _require(len(self.stages) == 1 or stage.epochs is not None or stage.steps is not None, key,
                      "epochs or steps (each stage of a multi-stage run needs a length)", stage.name)
             _require(len(stage.mix) > 0, f"{key}.mix", "at least one source", dict(stage.mix))
+            _require(stage.lr is None or (math.isfinite(stage.lr) and stage.lr > 0), f"{key}.lr",
+                     "a positive finite number", stage.lr)
+            _require(stage.warmup_ratio is None or 0 <= stage.warmup_ratio < 1, f"{key}.warmup_ratio",
+                     "a number in [0, 1)", stage.warmup_ratio)
+            _require(stage.min_lr_ratio is None or 0 <= stage.min_lr_ratio <= 1, f"{key}.min_lr_ratio",
+                     "a number in [0, 1]", stage.min_lr_ratio)
             for src in stage.mix:
                 _require(src in self.sources, f"{key}.mix.{src}", f"one of the sources {sorted(self.sources)}", src)
 

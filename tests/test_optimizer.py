@@ -69,3 +69,18 @@ def test_gradient_clipping_applies_before_adam():
 
     np.testing.assert_allclose(update(1.0), [-0.6 / 1.6, -0.8 / 1.8], rtol=1e-6)
     np.testing.assert_allclose(update(0.0), [-30 / 31, -40 / 41], rtol=1e-6)
+
+
+def test_stage_with_its_own_lr_restarts_the_schedule():
+    from sftjax.config import StageConfig
+    from sftjax.train.optimizer import staged_schedule
+
+    base = OptimConfig(lr=1e-3, warmup_ratio=0.0, min_lr_ratio=0.0)
+    stages = [StageConfig(name="a"), StageConfig(name="b", lr=1e-4, warmup_ratio=0.5)]
+    sched = staged_schedule(base, [10, 10], [s.optim(base) for s in stages])
+    assert float(sched(0)) == pytest.approx(1e-3) and float(sched(9)) < 1e-4  # stage a: cosine from 1e-3 to ~0
+    assert float(sched(10)) == pytest.approx(0.0, abs=1e-12)  # stage b warms up again from 0 ...
+    assert float(sched(15)) == pytest.approx(1e-4, rel=1e-5)  # ... to its own peak at half its length
+    # no stage sets a schedule: one schedule over the whole run
+    one = staged_schedule(base, [10, 10], [None, None])
+    assert float(one(10)) == pytest.approx(float(lr_schedule(base, 20)(10)))

@@ -21,7 +21,7 @@ from sftjax.data.tokenizer import run_tokenizer
 from sftjax.model.flops import matmul_params, train_flops
 from sftjax.parallel.mesh import initialize_distributed, make_mesh
 from sftjax.train.metrics import MetricsWriter
-from sftjax.train.optimizer import make_optimizer
+from sftjax.train.optimizer import make_optimizer, staged_schedule
 from sftjax.train.run_dir import check_run_dir, truncate_metrics
 from sftjax.train.state import init_train_state, step_array, train_state_layout
 from sftjax.train.step import BATCH_DTYPES, batch_shardings, jit_train_step, make_train_step
@@ -136,7 +136,8 @@ def train(cfg: Config, log=print) -> dict:
                         log=log)
     total_steps = data.total_steps
     log("data: " + "; ".join(f"stage {s['name']}: {s['steps']} steps" for s in data.stage_info()))
-    optimizer, schedule = make_optimizer(cfg.optim, total_steps)
+    schedule = staged_schedule(cfg.optim, data.steps, [s.optim(cfg.optim) for s in data.stages])
+    optimizer, schedule = make_optimizer(cfg.optim, total_steps, schedule)
     graphdef, abstract_state, shardings = train_state_layout(cfg.model, optimizer, mesh)
     ckpt = Checkpointer(run_dir, cfg.train, log=log)
     restored = ckpt.restore_latest(abstract_like(

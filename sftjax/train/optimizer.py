@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import optax
 
@@ -34,8 +36,19 @@ def decay_mask(params) -> dict:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    schedule = lr_schedule(cfg, total_steps)
+def staged_schedule(cfg: OptimConfig, stage_steps: list[int], stage_optims: list[OptimConfig | None]) -> optax.Schedule:
+    """One warmup + cosine per stage when a stage sets its own learning rate (``data.stages[i].lr`` and friends),
+    else one schedule over the whole run. Stage i's schedule restarts at its first step."""
+    if all(o is None for o in stage_optims):
+        return lr_schedule(cfg, sum(stage_steps))
+    parts = [lr_schedule(o or cfg, n) for o, n in zip(stage_optims, stage_steps, strict=True) if n > 0]
+    boundaries = list(itertools.accumulate(n for n in stage_steps if n > 0))[:-1]
+    return optax.join_schedules(parts, boundaries)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int, schedule: optax.Schedule | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = schedule or lr_schedule(cfg, total_steps)
     parts = []
     if cfg.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(cfg.grad_clip))
