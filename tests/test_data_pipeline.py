@@ -126,3 +126,21 @@ def test_bad_input_is_reported_config():
     with pytest.raises(ConfigError, match=r"data.stages.1"):
         pipeline(BOTH, [StageConfig(name="a", steps=1, mix={"arith": MixConfig()}),
                         StageConfig(name="b", mix={"prose": MixConfig()})])
+
+
+def test_long_conversations_are_clipped_exactly(tmp_path):
+    """Turns wholly past seq_len are not rendered, and the tokens kept are exactly those of the full rendering."""
+    from sftjax.data.formats import to_example
+    from sftjax.data.pipeline import clip_turns
+    from sftjax.data.templates import render
+
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 20}
+             for i in range(300)]
+    example = to_example({"messages": turns}, "messages")
+    clipped = clip_turns(example, TOK, "auto", 257)
+    assert 2 <= len(clipped.turns) < 20
+    full_ids, full_trained = render(example, TOK, "auto")
+    ids, trained = render(clipped, TOK, "auto")
+    assert len(ids) > 257 and ids[:257] == full_ids[:257] and trained[:257] == full_trained[:257]
+    short = to_example({"messages": turns[:10]}, "messages")
+    assert clip_turns(short, TOK, "auto", 100_000) is short

@@ -1,1 +1,1 @@
-"""Data sources and batching (the fixture source until the Grain pipeline lands)."""
+"""Data: sources, formats and templates, loss masks, amounts and mixing, packing and stages (the Grain pipeline)."""

@@ -10,6 +10,8 @@ shapes never change and no example is left out.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -46,8 +48,9 @@ def tokenize_source(name: str, source_id: int, cfg: DataConfig, tokenizer) -> tu
     stats = SourceStats(records=read.read, filtered=read.filtered_out, bad=read.bad, reasons=list(read.bad_reasons))
     examples = []
     for rec in records:
-        ids, trained = render(to_example(rec.fields, src.format, where=rec.id), tokenizer, cfg.template,
-                              cfg.train_on_prompt)
+        example = clip_turns(to_example(rec.fields, src.format, where=rec.id), tokenizer, cfg.template,
+                             cfg.seq_len + 1)
+        ids, trained = render(example, tokenizer, cfg.template, cfg.train_on_prompt)
         if len(ids) > cfg.seq_len + 1:  # a document of n tokens fills n-1 slots
             if cfg.overlong == "drop":
                 stats.dropped += 1
@@ -62,6 +65,41 @@ def tokenize_source(name: str, source_id: int, cfg: DataConfig, tokenizer) -> tu
     if not examples:
         raise ConfigError(f"data source '{name}' ({src.path}) has no usable examples: {asdict(stats)}")
     return examples, stats
+
+
+def clip_turns(example, tokenizer, template: str, limit: int):
+    """Drop the turns of a very long conversation that lie wholly past ``limit`` tokens: they would be truncated
+    away anyway, and locating assistant spans with the tokenizer's own template (``auto``) costs time quadratic in
+    the number of turns (some chat logs have hundreds). Exact: the rendering of a prefix of the turns is a prefix of
+    the whole rendering (``auto`` checks this), and the kept prefix is verified, by rendering it for real, to
+    overflow the limit already; otherwise the conversation is kept whole."""
+    from sftjax.data.formats import Conversation
+    from sftjax.data.templates import render
+
+    if template != "auto" or not isinstance(example, Conversation) or len(example.turns) < 8:
+        return example
+    turns = example.turns
+    if sum(len(t.content.encode()) for t in turns) + 16 * len(turns) <= limit:
+        return example  # a token covers at least one byte: it cannot overflow
+    system = [] if example.system is None else [{"role": "system", "content": example.system}]
+
+    def estimate(k: int) -> int:  # one plain rendering: close to the real one (which may drop a system prompt)
+        text = tokenizer.apply_chat_template(system + [{"role": t.role, "content": t.content} for t in turns[:k]],
+                                             tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    target = limit + 64  # a margin over the estimate's error
+    hi = 2
+    while estimate(hi) <= target:
+        if hi >= len(turns):
+            return example
+        hi = min(2 * hi, len(turns))
+    lo = hi // 2 + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if estimate(mid) > target else (mid + 1, hi)
+    clipped = dataclasses.replace(example, turns=turns[:lo])
+    return clipped if len(render(clipped, tokenizer, template)[0]) > limit else example
 
 
 def _empty_row(seq_len: int) -> dict[str, np.ndarray]:
@@ -82,13 +120,13 @@ class DataPipeline:
             log(f"data: {name}: {s.examples} examples of {s.records} records ({s.filtered} filtered, {s.bad} bad, "
                 f"{s.truncated} truncated, {s.dropped} dropped)")
         self.stages = list(cfg.stages) or [StageConfig(name="main", mix={n: MixConfig() for n in self.source_names})]
-        self.steps = [self._stage_steps(i, max_steps) for i in range(len(self.stages))]
-        if max_steps > 0:  # train.max_steps caps the whole curriculum
-            capped, left = [], max_steps
-            for s in self.steps:
-                capped.append(min(s, left))
-                left -= capped[-1]
-            self.steps = capped
+        self.steps, left = [], max_steps if max_steps > 0 else None  # train.max_steps caps the whole curriculum
+        for i in range(len(self.stages)):
+            n = 0 if left == 0 else self._stage_steps(i, max_steps, limit=left)
+            if left is not None:
+                n = min(n, left)
+                left -= n
+            self.steps.append(n)
         self.total_steps = sum(self.steps)
         self.consumed = [{n: {"examples": 0, "tokens": 0, "loss_tokens": 0} for n in self.source_names}
                          for _ in self.stages]
@@ -118,12 +156,13 @@ class DataPipeline:
         return iter(pack(stream.to_iter_dataset(), self.cfg.seq_len, num_bins=self.cfg.packing_bins,
                          seed=self.seed + 1000 * i))
 
-    def _stage_steps(self, i: int, max_steps: int) -> int:
+    def _stage_steps(self, i: int, max_steps: int, limit: int | None) -> int:
+        """A stage's length; an epochs stage is packed once to count its rows (only as far as a cap needs)."""
         stage = self.stages[i]
         if stage.steps is not None:
             return stage.steps
         if stage.epochs is not None:
-            rows = sum(1 for _ in self._open(i))
+            rows = sum(1 for _ in itertools.islice(self._open(i), None if limit is None else limit * self.rows))
             return math.ceil(rows / self.rows)
         if max_steps <= 0:
             raise ConfigError(f"config key 'train.max_steps': stage '{stage.name}' has no epochs or steps, so the run "
