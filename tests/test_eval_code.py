@@ -20,10 +20,13 @@ needs_namespaces = pytest.mark.skipif(not NAMESPACED, reason="needs root with ut
 
 
 @pytest.fixture(scope="module")
-def problems():
-    if not PROBLEMS_PATH.is_file():
-        pytest.skip("data/prepared/code_test.jsonl not prepared (run sftjax-data prepare)")
-    probs = {p["task_id"]: p for p in load_problems(PROBLEMS_PATH)}
+def problems(tmp_path_factory):
+    """HumanEval as `sftjax-data prepare` writes it (prepared here, under a second, so the tests never skip)."""
+    from sftjax.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(out, ["code"], limit=None, seed=0)
+    probs = {p["task_id"]: p for p in load_problems(out / PROBLEMS_PATH.name)}
     assert len(probs) == 164
     return probs
 

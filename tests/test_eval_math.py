@@ -95,13 +95,12 @@ def test_load_gsm8k_jsonl_errors_name_file_and_line(tmp_path, rec, match):
         load_gsm8k_jsonl(p)
 
 
-def test_prepared_math_test_golds_agree_with_output_marker():
+def test_prepared_math_test_golds_agree_with_output_marker(tmp_path):
     """Every prepared record's stored answer equals what extraction reads from its solution text."""
-    from pathlib import Path
+    from sftjax.data.prepare import prepare
 
-    path = Path(__file__).resolve().parents[1] / "data" / "prepared" / "math_test.jsonl"
-    if not path.is_file():
-        pytest.skip("data/prepared/math_test.jsonl not prepared")
+    prepare(tmp_path, ["math"], limit=None, seed=0)
+    path = tmp_path / "math_test.jsonl"
     probs = load_gsm8k_jsonl(path)
     assert probs
     recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
