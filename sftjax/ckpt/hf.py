@@ -409,12 +409,18 @@ def copy_tokenizer(hf_dir: Path, dst: Path) -> Path | None:
     markers = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
     if not any((hf_dir / m).exists() for m in markers):
         return None
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    return save_tokenizer(AutoTokenizer.from_pretrained(hf_dir), dst)
+
+
+def save_tokenizer(tokenizer, dst: Path) -> Path:
+    """Write a tokenizer (and its chat template) to ``dst`` through a temporary directory, so a run killed
+    half-way never leaves a partial tokenizer behind."""
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
     tokenizer.save_pretrained(tmp)
     if dst.exists():
-        import shutil
-
         shutil.rmtree(dst)
     tmp.rename(dst)
     return dst

@@ -293,14 +293,9 @@ def train(cfg: Config, log=print) -> dict:
 def _keep_tokenizer(run_dir: Path, tokenizer, source) -> None:
     """The run directory keeps the tokenizer its data was made with and the generation config of its initial
     weights, so a resumed run reads the same tokens and an export of the run carries them."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "tokenizer.tmp"
-    tokenizer.save_pretrained(tmp)
-    if (run_dir / "tokenizer").exists():
-        import shutil
+    from sftjax.ckpt.hf import save_tokenizer
 
-        shutil.rmtree(run_dir / "tokenizer")
-    tmp.rename(run_dir / "tokenizer")
+    save_tokenizer(tokenizer, run_dir / "tokenizer")
     gen = source.generation_config if source is not None else None
     if gen is not None:
         (run_dir / "generation_config.json").write_text(json.dumps(gen, indent=2))
