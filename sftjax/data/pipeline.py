@@ -138,21 +138,17 @@ class DataPipeline:
     def _mix(self, i: int) -> dict[str, MixEntry]:
         return {n: MixEntry(amount=m.amount, weight=m.weight) for n, m in self.stages[i].mix.items()}
 
-    def _stream(self, i: int, total: int | None):
+    def _stream(self, i: int):
         return stage_stream(self.examples, self._mix(i), seed=self.seed + 1000 * i, where=f"data.stages.{i}.mix",
-                            weight_by=self.cfg.weight_by, total=total)
-
-    def _stage_examples(self, i: int) -> int | None:
-        stage = self.stages[i]
-        if stage.epochs is None:
-            return None
-        _, info = self._stream(i, None)
-        return max(1, round(stage.epochs * sum(v["selected"] for v in info.values())))
+                            weight_by=self.cfg.weight_by)
 
     def _open(self, i: int):
         if i >= len(self.stages):
             return None
-        stream, _ = self._stream(i, self._stage_examples(i))
+        stream, info = self._stream(i)
+        epochs = self.stages[i].epochs
+        if epochs is not None:  # epochs passes over the selected examples, then the stage's stream ends
+            stream = stream[: max(1, round(epochs * sum(v["selected"] for v in info.values())))]
         return iter(pack(stream.to_iter_dataset(), self.cfg.seq_len, num_bins=self.cfg.packing_bins,
                          seed=self.seed + 1000 * i))
 
@@ -172,13 +168,9 @@ class DataPipeline:
     def stage_info(self) -> list[dict]:
         out = []
         for i, stage in enumerate(self.stages):
-            _, info = self._stream(i, None)
+            _, info = self._stream(i)
             out.append({"name": stage.name, "steps": self.steps[i], "epochs": stage.epochs, "sources": info})
         return out
-
-    @property
-    def stage_name(self) -> str:
-        return self.stages[min(self.stage, len(self.stages) - 1)].name
 
     def _skip_empty_stages(self) -> None:
         while self.stage < len(self.stages) and self.step_in_stage >= self.steps[self.stage]:
