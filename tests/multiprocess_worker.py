@@ -14,13 +14,13 @@ def main():
 
     cfg = tiny_config(run_dir, **{"mesh.coordinator": f"127.0.0.1:{port}" if int(num_processes) > 1 else "",
                                   "mesh.num_processes": int(num_processes), "mesh.process_id": int(process_id)})
-    summary = train(cfg, log=lambda m: None)
+    logs: list[str] = []
+    summary = train(cfg, log=logs.append)
     params = jax.tree.leaves(summary["state"]["params"])
     flat = np.concatenate([np.asarray(p.addressable_data(0)).ravel() for p in params])  # replicated: local copy
     np.save(out, flat)
-    if jax.process_index() == 0:
-        with open(out + ".json", "w") as f:
-            json.dump({"devices": jax.device_count(), "processes": jax.process_count()}, f)
+    with open(out + ".json", "w") as f:
+        json.dump({"devices": jax.device_count(), "processes": jax.process_count(), "log": logs}, f)
 
 
 if __name__ == "__main__":

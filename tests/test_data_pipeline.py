@@ -144,3 +144,75 @@ def test_long_conversations_are_clipped_exactly(tmp_path):
     assert len(ids) > 257 and ids[:257] == full_ids[:257] and trained[:257] == full_trained[:257]
     short = to_example({"messages": turns[:10]}, "messages")
     assert clip_turns(short, TOK, "auto", 100_000) is short
+
+
+class _ThreadGather:
+    """process_allgather for P threads standing in for P processes (each call is a barrier)."""
+
+    def __init__(self, n):
+        import threading
+
+        self.n, self.barrier, self.slots = n, threading.Barrier(n), [None] * n
+
+    def __call__(self, index):
+        def gather(x):
+            self.slots[index] = np.asarray(x)
+            self.barrier.wait()
+            out = np.stack(self.slots)
+            self.barrier.wait()  # nobody overwrites a slot before everyone has read this round
+            return out
+
+        return gather
+
+
+def _sharded(name, source_id, cfg, n):
+    from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
+
+    from sftjax.data import distributed
+    from sftjax.data.pipeline import tokenize_source
+
+    gather = _ThreadGather(n)
+
+    def run(i):
+        try:
+            return tokenize_source(name, source_id, cfg, TOK, (i, n), partial(distributed.exchange,
+                                                                             allgather=gather(i)))
+        except ConfigError as e:
+            return e
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+def test_sharded_equals_single_tokenization():
+    """Each process renders only every P-th record; after the exchange every process holds exactly the examples
+    and counts one process would have (the multi-process run itself: test_parallel.py)."""
+    from sftjax.data.pipeline import tokenize_source
+
+    for source_id, name in enumerate(BOTH):
+        cfg = DataConfig(seq_len=512, sources=BOTH, overlong="drop" if name == "prose" else "truncate")
+        ref, ref_stats = tokenize_source(name, source_id, cfg, TOK)
+        for n in (2, 3):
+            for examples, stats in _sharded(name, source_id, cfg, n):
+                assert stats == ref_stats and len(examples) == len(ref)
+                for a, b in zip(examples, ref, strict=True):
+                    assert a.keys() == b.keys()
+                    for k in a:
+                        np.testing.assert_array_equal(a[k], b[k])
+                        assert a[k].dtype == b[k].dtype
+        assert ref_stats.dropped > 0 if name == "prose" else ref_stats.dropped == 0
+
+
+def test_bad_input_is_reported_by_every_process(tmp_path):
+    """A malformed record stops every process with the error one process would give (no hang in the exchange)."""
+    path = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"prompt": f"q{i}", "completion": f" a{i}"}) for i in range(9)]
+    lines[4] = json.dumps({"prompt": "q4"})  # line 5: no completion; a later line is bad too
+    lines[7] = json.dumps({"prompt": 7, "completion": "x"})
+    path.write_text("\n".join(lines) + "\n")
+    src = {"bad": SourceConfig(path=str(path), format="prompt_completion")}
+    cfg = DataConfig(seq_len=64, sources=src)
+    results = _sharded("bad", 0, cfg, 2)
+    for r in results:
+        assert isinstance(r, ConfigError) and "bad.jsonl:5" in str(r) and "completion" in str(r), r

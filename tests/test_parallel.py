@@ -42,8 +42,11 @@ def test_sharded_equals_single_two_processes(tmp_path):
     for p in procs + [single]:
         out, _ = p.communicate(timeout=600)
         assert p.returncode == 0, out[-3000:]
-    info = json.load(open(str(tmp_path / "p0.npy") + ".json"))
-    assert info == {"devices": 2, "processes": 2}
+    for i in range(2):
+        info = json.load(open(str(tmp_path / f"p{i}.npy") + ".json"))
+        assert (info["devices"], info["processes"]) == (2, 2)
+        # each process tokenized only its share of every source (sftjax.data.distributed)
+        assert sum(f"of them tokenized by process {i} of 2" in line for line in info["log"]) == 2, info["log"]
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
     a, b, ref = (np.load(tmp_path / f) for f in ("p0.npy", "p1.npy", "single.npy"))
     np.testing.assert_array_equal(a, b)  # both processes hold the same replicated parameters

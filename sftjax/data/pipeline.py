@@ -35,7 +35,12 @@ class SourceStats:
     reasons: list[str] = field(default_factory=list)  # the first few reasons for bad records
 
 
-def tokenize_source(name: str, source_id: int, cfg: DataConfig, tokenizer) -> tuple[list[dict], SourceStats]:
+def tokenize_source(name: str, source_id: int, cfg: DataConfig, tokenizer, shard: tuple[int, int] = (0, 1),
+                    exchange=None) -> tuple[list[dict], SourceStats]:
+    """A source's usable examples, in record order. With ``shard = (p, P)``, P > 1, this process renders only
+    records p, p+P, ... and ``exchange`` (sftjax.data.distributed.exchange by default) gathers the rest, so every
+    process returns the same list."""
+    from sftjax.data import distributed
     from sftjax.data.formats import to_example
     from sftjax.data.sources import SourceSpec, read_source
     from sftjax.data.templates import render
@@ -46,22 +51,35 @@ def tokenize_source(name: str, source_id: int, cfg: DataConfig, tokenizer) -> tu
                                            filters=filters, split=src.split, kind=src.kind,
                                            on_bad_record=src.on_bad_record))
     stats = SourceStats(records=read.read, filtered=read.filtered_out, bad=read.bad, reasons=list(read.bad_reasons))
-    examples = []
-    for rec in records:
-        example = clip_turns(to_example(rec.fields, src.format, where=rec.id), tokenizer, cfg.template,
-                             cfg.seq_len + 1)
-        ids, trained = render(example, tokenizer, cfg.template, cfg.train_on_prompt)
+    index, count = shard
+    mine = distributed.Shard()
+    for k in range(index, len(records), count):
+        rec = records[k]
+        try:
+            example = clip_turns(to_example(rec.fields, src.format, where=rec.id), tokenizer, cfg.template,
+                                 cfg.seq_len + 1)
+            ids, trained = render(example, tokenizer, cfg.template, cfg.train_on_prompt)
+        except (ConfigError, ValueError) as e:
+            if count == 1:
+                raise
+            mine.error = (k, str(e))  # every process must still reach the exchange, or the others would hang
+            break
         if len(ids) > cfg.seq_len + 1:  # a document of n tokens fills n-1 slots
             if cfg.overlong == "drop":
-                stats.dropped += 1
+                mine.dropped += 1
                 continue
             ids, trained = ids[: cfg.seq_len + 1], trained[: cfg.seq_len + 1]
-            stats.truncated += 1
+            mine.truncated += 1
         if not any(trained[1:]):
-            stats.dropped += 1  # nothing to learn from (an empty answer, or a prompt that filled the row)
+            mine.dropped += 1  # nothing to learn from (an empty answer, or a prompt that filled the row)
             continue
-        examples.append(shifted(np.asarray(ids, np.int32), np.asarray(trained, bool), source_id))
-    stats.examples = len(examples)
+        mine.indices.append(k)
+        mine.examples.append(shifted(np.asarray(ids, np.int32), np.asarray(trained, bool), source_id))
+    if count > 1:
+        mine = (exchange or distributed.exchange)(mine, source_id)
+        distributed.raise_if_failed(mine)
+    examples = mine.examples
+    stats.truncated, stats.dropped, stats.examples = mine.truncated, mine.dropped, len(examples)
     if not examples:
         raise ConfigError(f"data source '{name}' ({src.path}) has no usable examples: {asdict(stats)}")
     return examples, stats
@@ -109,16 +127,22 @@ def _empty_row(seq_len: int) -> dict[str, np.ndarray]:
 
 
 class DataPipeline:
-    def __init__(self, cfg: DataConfig, tokenizer, *, seed: int, global_rows: int, max_steps: int, log=print):
+    def __init__(self, cfg: DataConfig, tokenizer, *, seed: int, global_rows: int, max_steps: int, log=print,
+                 shard: tuple[int, int] = (0, 1)):
+        """``shard = (process index, process count)``: tokenization is split across the processes (see
+        sftjax.data.distributed); the batches are the same for every process count."""
         self.cfg, self.seed, self.rows = cfg, seed, global_rows
         self.tokenizer = tokenizer
         self.source_names = list(cfg.sources)
         self.examples, self.source_stats = {}, {}
         for i, name in enumerate(self.source_names):
-            self.examples[name], self.source_stats[name] = tokenize_source(name, i, cfg, tokenizer)
+            self.examples[name], self.source_stats[name] = tokenize_source(name, i, cfg, tokenizer, shard)
             s = self.source_stats[name]
+            kept = s.records - s.filtered - s.bad
+            here = (f"; {len(range(shard[0], kept, shard[1]))} of them tokenized by process {shard[0]} of {shard[1]}"
+                    if shard[1] > 1 else "")
             log(f"data: {name}: {s.examples} examples of {s.records} records ({s.filtered} filtered, {s.bad} bad, "
-                f"{s.truncated} truncated, {s.dropped} dropped)")
+                f"{s.truncated} truncated, {s.dropped} dropped{here})")
         self.stages = list(cfg.stages) or [StageConfig(name="main", mix={n: MixConfig() for n in self.source_names})]
         self.steps, left = [], max_steps if max_steps > 0 else None  # train.max_steps caps the whole curriculum
         for i in range(len(self.stages)):

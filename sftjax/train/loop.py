@@ -133,7 +133,7 @@ def train(cfg: Config, log=print) -> dict:
     tokenizer = run_tokenizer(cfg, run_dir / "tokenizer" if resuming else None, source)
     rows, seq = cfg.train.global_batch_size, cfg.data.seq_len
     data = DataPipeline(cfg.data, tokenizer, seed=cfg.train.seed, global_rows=rows, max_steps=cfg.train.max_steps,
-                        log=log)
+                        log=log, shard=(jax.process_index(), jax.process_count()))
     total_steps = data.total_steps
     log("data: " + "; ".join(f"stage {s['name']}: {s['steps']} steps" for s in data.stage_info()))
     schedule = staged_schedule(cfg.optim, data.steps, [s.optim(cfg.optim) for s in data.stages])
@@ -244,7 +244,7 @@ def train(cfg: Config, log=print) -> dict:
     try:
         with _StopSignals() as stop:
             for step in range(start + 1, total_steps + 1):
-                stage, global_batch, stage_ends = data.next_batch()  # every process builds the same stream
+                stage, global_batch, stage_ends = data.next_batch()  # the same on every process; each keeps its rows
                 local = {k: v[pid * local_rows : (pid + 1) * local_rows] for k, v in global_batch.items()}
                 real = int((global_batch["segment_ids"] > 0).sum())
                 flops = train_flops(cfg.model, real,
