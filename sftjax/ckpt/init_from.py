@@ -62,3 +62,59 @@ def load_initial_params(cfg: ModelConfig, source: InitSource, abstract_params: d
                           f"expected the same (got {cfg.scan_layers})")
     log(f"init_from: parameters of {where}")
     return restore_params(root, step, abstract_like(abstract_params, shardings))
+
+
+RUNTIME_FIELDS = ("dtype", "attention", "attention_block", "remat")  # model keys that do not change the weights
+
+
+def model_config_for(source: InitSource, runtime: ModelConfig) -> ModelConfig:
+    """The architecture of the weights at ``source`` (config.json or the checkpoint), with the runtime keys of
+    ``runtime`` (dtype, attention, ...) applied."""
+    import dataclasses
+
+    if source.kind == "hf":  # imported into either layout
+        cfg = dataclasses.replace(hf.read_hf_config(source.path), scan_layers=runtime.scan_layers)
+    else:  # restored in the layout it was saved in
+        cfg = model_config_of(latest_meta(source.path)[2])
+    return dataclasses.replace(cfg, init_from=runtime.init_from, **{f: getattr(runtime, f) for f in RUNTIME_FIELDS})
+
+
+@dataclass
+class LoadedModel:
+    """Weights ready for inference: what sftjax-generate and sftjax-eval run."""
+
+    cfg: ModelConfig
+    graphdef: object
+    params: object
+    tokenizer: object
+    source: InitSource
+
+    @property
+    def eos_ids(self) -> set[int]:
+        gen = self.source.generation_config or {}
+        ids = gen.get("eos_token_id")
+        ids = set(ids) if isinstance(ids, list) else ({ids} if ids is not None else set())
+        return {i for i in ids | {self.tokenizer.eos_token_id} if i is not None}
+
+
+def load_model(init_from: str, runtime: ModelConfig, mesh, log=print) -> LoadedModel:
+    """Resolve ``init_from``, read its architecture and tokenizer, and load its parameters sharded on ``mesh``."""
+    import dataclasses
+
+    import jax
+    from flax import nnx
+    from transformers import AutoTokenizer
+
+    from sftjax.train.state import abstract_model, param_shardings
+
+    source = resolve_init_source(init_from, log=log)
+    if source.tokenizer_dir is None:
+        raise ConfigError(f"config key 'model.init_from': {source.path} has no tokenizer; generation needs one")
+    tokenizer = AutoTokenizer.from_pretrained(source.tokenizer_dir)
+    cfg = model_config_for(source, dataclasses.replace(runtime, init_from=init_from))
+    graphdef, abstract = abstract_model(cfg)
+    with jax.set_mesh(mesh):
+        shardings = param_shardings(abstract, mesh)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(abstract))
+    params = load_initial_params(cfg, source, shapes, shardings, log=log)
+    return LoadedModel(cfg, graphdef, params, tokenizer, source)

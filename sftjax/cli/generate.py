@@ -12,7 +12,6 @@ apply as in training.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import sys
@@ -23,14 +22,13 @@ import hydra
 from omegaconf import DictConfig
 
 from sftjax.cli import config_errors
-from sftjax.config import (ConfigError, GenerateAppConfig, ModelConfig, check_override_keys, register_configs,
+from sftjax.config import (ConfigError, GenerateAppConfig, check_override_keys, register_configs,
                            to_config)
 from sftjax.data.jsonl import read_jsonl
 
 logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax narrates every step at INFO
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" is not news
 register_configs()
-RUNTIME_FIELDS = ("dtype", "attention", "attention_block", "remat")  # model keys that do not change the weights
 
 
 def read_requests(path: Path) -> list[dict]:
@@ -59,34 +57,18 @@ def encode(tokenizer, rec: dict) -> list[int]:
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
-def model_config_for(source, runtime: ModelConfig) -> ModelConfig:
-    from sftjax.ckpt import hf
-    from sftjax.ckpt.checkpoints import latest_meta, model_config_of
-
-    if source.kind == "hf":  # imported into either layout
-        cfg = dataclasses.replace(hf.read_hf_config(source.path), scan_layers=runtime.scan_layers)
-    else:  # restored in the layout it was saved in
-        cfg = model_config_of(latest_meta(source.path)[2])
-    return dataclasses.replace(cfg, init_from=runtime.init_from, **{f: getattr(runtime, f) for f in RUNTIME_FIELDS})
-
-
 def run(app: GenerateAppConfig, log=print) -> list[dict]:
     import jax
-    from transformers import AutoTokenizer
 
-    from sftjax.ckpt.init_from import load_initial_params, resolve_init_source
+    from sftjax.ckpt.init_from import load_model
     from sftjax.generate import generate
     from sftjax.parallel.mesh import initialize_distributed, make_mesh
-    from sftjax.train.state import abstract_model, param_shardings
 
     g = app.generate
     initialize_distributed(app.mesh)
     mesh = make_mesh(app.mesh.resolve(jax.device_count()))
-    source = resolve_init_source(app.model.init_from, log=log)
-    if source.tokenizer_dir is None:
-        raise ConfigError(f"config key 'model.init_from': {source.path} has no tokenizer; sftjax-generate needs one")
-    tokenizer = AutoTokenizer.from_pretrained(source.tokenizer_dir)
-    cfg = model_config_for(source, app.model)
+    loaded = load_model(app.model.init_from, app.model, mesh, log=log)
+    tokenizer, cfg, graphdef, params = loaded.tokenizer, loaded.cfg, loaded.graphdef, loaded.params
     requests = read_requests(Path(g.prompts)) if g.prompts else [
         {"id": "chat", "messages": [{"role": "user", "content": g.chat}]}]
     prompts = [encode(tokenizer, r) for r in requests]
@@ -94,19 +76,12 @@ def run(app: GenerateAppConfig, log=print) -> list[dict]:
         if len(ids) + g.max_new_tokens > cfg.max_position_embeddings:
             raise ConfigError(f"request {rec['id']!r}: {len(ids)} prompt tokens + generate.max_new_tokens="
                               f"{g.max_new_tokens} exceed the model's {cfg.max_position_embeddings} positions")
-    graphdef, abstract = abstract_model(cfg)
-    with jax.set_mesh(mesh):
-        shardings = param_shardings(abstract, mesh)
-    from flax import nnx
-
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(abstract))
-    params = load_initial_params(cfg, source, shapes, shardings, log=log)
-    eos = {tokenizer.eos_token_id} | _generation_eos(source.generation_config)
+    eos = loaded.eos_ids
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     results, t0, new_tokens = [], time.perf_counter(), 0
     for i in range(0, len(requests), g.batch_size):
         batch = prompts[i: i + g.batch_size]
-        outs = generate((graphdef, params), batch, g.max_new_tokens, eos_ids=eos - {None}, pad_id=pad,
+        outs = generate((graphdef, params), batch, g.max_new_tokens, eos_ids=eos, pad_id=pad,
                         temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, seed=g.seed + i, mesh=mesh)
         for rec, ids in zip(requests[i: i + g.batch_size], outs, strict=True):
             results.append({"id": rec["id"], "completion": tokenizer.decode(ids, skip_special_tokens=True),
@@ -115,11 +90,6 @@ def run(app: GenerateAppConfig, log=print) -> list[dict]:
         log(f"generate: {len(results)}/{len(requests)} requests")
     log(f"generate: {new_tokens} new tokens in {time.perf_counter() - t0:.1f}s (compile included)")
     return results
-
-
-def _generation_eos(gen: dict | None) -> set:
-    ids = (gen or {}).get("eos_token_id")
-    return set(ids) if isinstance(ids, list) else ({ids} if ids is not None else set())
 
 
 @hydra.main(version_base=None, config_path="pkg://sftjax.conf", config_name="generate")

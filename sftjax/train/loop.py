@@ -45,7 +45,7 @@ RESUMABLE_CHANGES = ("run_dir", "train.max_steps", "train.log_every", "train.sav
                      "train.keep_best", "train.best_metric", "train.best_mode", "train.async_checkpointing",
                      "train.export_hf", "train.export_dtype", "train.peak_flops_per_device", "train.progress",
                      "train.tensorboard", "mesh.", "model.attention", "model.attention_block", "model.remat",
-                     "model.init_from")
+                     "model.init_from", "eval.")  # what is evaluated never changes what is trained
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -200,10 +200,12 @@ def train(cfg: Config, log=print) -> dict:
         return {"model": dataclasses.asdict(cfg.model), "config": to_dict(cfg), "data": data.state(),
                 "metrics": last}
 
-    def flush(stage: str) -> None:
+    def flush(stage: str, extra: dict | None = None, exclude_s: float = 0.0) -> None:
+        """Log the steps since the last line; ``extra`` (eval scalars) joins the line, and ``exclude_s`` (the time
+        the eval took) is left out of tokens/s and MFU."""
         nonlocal first, last, window_start, window_tokens, window_flops
         fetched = jax.device_get([m for _, m, _ in pending])
-        elapsed = time.perf_counter() - window_start
+        elapsed = max(time.perf_counter() - window_start - exclude_s, 1e-9)
         for (s, _, _), m in zip(pending, fetched, strict=True):
             if not math.isfinite(float(m["loss"])):
                 good = ckpt.steps()
@@ -229,6 +231,7 @@ def train(cfg: Config, log=print) -> dict:
             "tokens_per_s": window_tokens / elapsed,
             "mfu": window_flops / elapsed / peak,
             "fill": window_tokens / (len(fetched) * rows * seq),
+            **(extra or {}),
         }
         writer.write(last)
         first = first or last
@@ -241,7 +244,10 @@ def train(cfg: Config, log=print) -> dict:
     bar = tqdm(total=total_steps, initial=start, disable=not (cfg.train.progress and is_main),
                dynamic_ncols=True)
     step = start
+    evaluate = _Evaluator(cfg, graphdef, tokenizer, mesh, run_dir, writer, is_main, log)
     try:
+        if cfg.eval.at_start and start == 0 and total_steps > 0:
+            evaluate(state, 0, data.stages[data.stage].name)
         with _StopSignals() as stop:
             for step in range(start + 1, total_steps + 1):
                 stage, global_batch, stage_ends = data.next_batch()  # the same on every process; each keeps its rows
@@ -258,8 +264,14 @@ def train(cfg: Config, log=print) -> dict:
                 signum = stop.agreed()
                 periodic = cfg.train.save_every and step % cfg.train.save_every == 0
                 final = step == total_steps
-                if step % cfg.train.log_every == 0 or final or periodic or signum or stage_ends:
-                    flush(stage)  # a checkpoint's step is always logged, so a resumed metrics.jsonl has no gap
+                scores, eval_s = {}, 0.0
+                if evaluate.due(step, stage_ends):
+                    t_eval = time.perf_counter()
+                    scores = evaluate(state, step, stage)
+                    eval_s = time.perf_counter() - t_eval
+                if step % cfg.train.log_every == 0 or final or periodic or signum or stage_ends or scores:
+                    # a checkpoint's step is always logged, so a resumed metrics.jsonl has no gap
+                    flush(stage, scores, eval_s)
                 if periodic or final or signum or stage_ends:
                     ckpt.save(step, state, meta_now(), last)
                 if signum and not final:
@@ -288,6 +300,45 @@ def train(cfg: Config, log=print) -> dict:
         (run_dir / "data_stats.json").write_text(json.dumps(summary["data"], indent=2))
     summary["state"] = state  # the final train state (sharded arrays), for callers that continue with it
     return summary
+
+
+class _Evaluator:
+    """The loop's eval hook: runs cfg.eval's suites on the current params, writes eval/step_N.json (process 0) and
+    returns the flat scalars for the step's metrics line."""
+
+    def __init__(self, cfg: Config, graphdef, tokenizer, mesh, run_dir: Path, writer, is_main: bool, log):
+        self.cfg, self.graphdef, self.tokenizer, self.mesh = cfg, graphdef, tokenizer, mesh
+        self.dir, self.writer, self.is_main, self.log = run_dir / "eval", writer, is_main, log
+
+    def due(self, step: int, stage_ends: bool) -> bool:
+        e = self.cfg.eval
+        return bool(e.suites) and ((e.every_n_steps > 0 and step % e.every_n_steps == 0)
+                                   or (e.at_stage_end and stage_ends))
+
+    def __call__(self, state, step: int, stage: str) -> dict:
+        from sftjax.eval.runner import run_suites
+
+        self.log(f"eval: step {step} ({stage})")
+        out = run_suites(self.cfg.eval, graphdef=self.graphdef, params=state["params"], tokenizer=self.tokenizer,
+                         data=self.cfg.data, mesh=self.mesh, max_positions=self.cfg.model.max_position_embeddings,
+                         loss_rows=self.cfg.train.global_batch_size, log=self.log)
+        if self.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            record = {"step": step, "stage": stage, "suites": out["suites"]}
+            tmp = self.dir / f".step_{step}.json.tmp"
+            tmp.write_text(json.dumps(record, indent=1, default=_json_default))
+            tmp.replace(self.dir / f"step_{step}.json")
+            if step == 0:  # before training there is no metrics line to join: TensorBoard only
+                self.writer.scalars(step, out["metrics"])
+        return out["metrics"]
+
+
+def _json_default(x):
+    if isinstance(x, (np.integer, np.floating, np.bool_)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
 def _keep_tokenizer(run_dir: Path, tokenizer, source) -> None:

@@ -29,6 +29,13 @@ class MetricsWriter:
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self.tb.add_scalar(key, value, record["step"])
 
+    def scalars(self, step: int, values: dict) -> None:
+        """TensorBoard only (values that belong to no metrics line, e.g. the eval before the first step)."""
+        if self.enabled and self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(key, value, step)
+
     def close(self) -> None:
         if self.enabled:
             self.file.close()

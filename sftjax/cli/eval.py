@@ -1,0 +1,108 @@
+"""sftjax-eval: run evaluation suites on a checkpoint or an HF directory (a Hydra app; `python -m sftjax.cli.eval`).
+
+    sftjax-eval model.init_from=runs/exp1 eval=demo eval.output=runs/exp1/eval/final.json
+    sftjax-eval 'models=[embedded:smollm2-135m-instruct,runs/demo]' eval=demo      # side by side
+
+The suites are the ones training runs (conf/eval/*.yaml, sftjax.eval.runner), so base and fine-tuned models are
+scored by exactly the same code. The architecture is read from the weights; model.dtype, model.attention and the
+mesh apply as in training; data.template picks the chat template (auto: the tokenizer's own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from sftjax.cli import config_errors
+from sftjax.config import EvalAppConfig, check_override_keys, register_configs, to_config
+
+logging.getLogger("absl").setLevel(logging.WARNING)
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+register_configs()
+
+
+def run(app: EvalAppConfig, log=print) -> dict:
+    """{init_from: {"suites": ..., "metrics": ...}} for every model evaluated, in order."""
+    import jax
+
+    from sftjax.ckpt.init_from import load_model
+    from sftjax.eval.runner import run_suites
+    from sftjax.parallel.mesh import initialize_distributed, make_mesh
+
+    initialize_distributed(app.mesh)
+    mesh = make_mesh(app.mesh.resolve(jax.device_count()))
+    batch_rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    out = {}
+    for spec in app.models or [app.model.init_from]:
+        log(f"eval: {spec}")
+        m = load_model(spec, app.model, mesh, log=log)
+
+        def judge_model(init_from: str):
+            from sftjax.eval.runner import Completer
+
+            j = load_model(init_from, app.model, mesh, log=log)
+            return Completer(j.graphdef, j.params, j.tokenizer, template=app.data.template,
+                             max_positions=j.cfg.max_position_embeddings, mesh=mesh,
+                             batch_size=app.eval.batch_size, seed=app.eval.seed, eos_ids=sorted(j.eos_ids))
+
+        out[spec] = run_suites(app.eval, graphdef=m.graphdef, params=m.params, tokenizer=m.tokenizer, data=app.data,
+                               mesh=mesh, max_positions=m.cfg.max_position_embeddings,
+                               loss_rows=max(batch_rows, app.eval.batch_size // batch_rows * batch_rows),
+                               log=log, load_model=judge_model, eos_ids=sorted(m.eos_ids))
+    return out
+
+
+def table(results: dict) -> str:
+    """Suites x metrics down, models across: the before/after comparison in one glance."""
+    models = list(results)
+    keys = []
+    for r in results.values():
+        keys += [k for k in r["metrics"] if k not in keys and not k.endswith(("/n", "/truncated_prompts", "/tokens",
+                                                                              "/examples", "/judged"))]
+    short = [_short(m) for m in models]
+    width = max([len(k) for k in keys] + [6])
+    cols = [max(len(s), 8) for s in short]
+    lines = [f"{'metric':<{width}}  " + "  ".join(f"{s:>{c}}" for s, c in zip(short, cols))]
+    lines.append("-" * len(lines[0]))
+    for k in keys:
+        cells = []
+        for m, c in zip(models, cols):
+            v = results[m]["metrics"].get(k)
+            cells.append(f"{'-' if v is None else (f'{v:.4f}' if isinstance(v, float) else str(v)):>{c}}")
+        lines.append(f"{k.removeprefix('eval/'):<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def _short(spec: str) -> str:
+    return spec.removeprefix("embedded:").removeprefix("hf:")[-28:]
+
+
+@hydra.main(version_base=None, config_path="pkg://sftjax.conf", config_name="evaluate")
+def _main(dcfg: DictConfig) -> None:
+    with config_errors("sftjax-eval"):
+        app = to_config(dcfg, EvalAppConfig)
+        results = run(app, log=lambda m: print(m, file=sys.stderr))
+    if app.eval.output:
+        path = Path(app.eval.output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from sftjax.train.loop import _json_default
+
+        path.write_text(json.dumps({"models": {k: v["suites"] for k, v in results.items()}}, indent=1,
+                                   default=_json_default))
+        print(f"sftjax-eval: wrote {path}", file=sys.stderr)
+    print(table({k: v for k, v in results.items()}))
+
+
+def main() -> None:
+    with config_errors("sftjax-eval"):
+        check_override_keys(sys.argv[1:], EvalAppConfig)
+    _main()
+
+
+if __name__ == "__main__":
+    main()
