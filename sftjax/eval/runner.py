@@ -137,7 +137,7 @@ def judge_suite(suite: SuiteConfig, completer: Completer, judge) -> dict:
     from sftjax.eval import judge as rubric_judge
 
     rubric = rubric_judge.rubric(suite.rubric)
-    questions = _limited(rubric_judge.load_questions(suite.path), suite.limit)
+    questions = _limited(rubric_judge.load_questions(suite.path, rubric), suite.limit)
     answers: list[list[str]] = [[] for _ in questions]
     for turn in range(max(len(q["turns"]) for q in questions)):
         todo = [i for i, q in enumerate(questions) if turn < len(q["turns"])]
@@ -181,7 +181,7 @@ def loss_suite(name: str, suite: SuiteConfig, graphdef, params, tokenizer, data:
                         "truncated": stats.truncated, "dropped": stats.dropped}, "results": []}
 
 
-_LOSS_FNS: dict = {}
+_LOSS_FNS: dict = {}  # id -> (graphdef, mesh, jitted): holding both keeps their ids from being reused
 
 
 def _loss_fn(graphdef, mesh):
@@ -193,8 +193,8 @@ def _loss_fn(graphdef, mesh):
             tok, mask, _ = token_losses(graphdef, params, batch, mesh)
             return tok.sum(), mask.sum()
 
-        _LOSS_FNS[key] = jax.jit(sums)
-    return _LOSS_FNS[key]
+        _LOSS_FNS[key] = (graphdef, mesh, jax.jit(sums))
+    return _LOSS_FNS[key][2]
 
 
 # -- the runner ------------------------------------------------------------------------------------------------------

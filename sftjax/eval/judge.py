@@ -1,0 +1,758 @@
+"""LLM-as-judge rubric scoring: MT-Bench-style single ratings and a weighted multi-criterion rubric.
+
+Open-ended answers have no gold to compare against, so a judge model rates them against a rubric. Judge scores are
+only comparable across runs if everything around the judge is fixed, so this module fixes it in code: the prompt
+(:func:`judge_messages`), the one accepted reply format (:func:`parse_judgment`), the normalization of every
+criterion to [0, 1] as ``(s - scale_min) / (scale_max - scale_min)`` and the aggregation in :func:`score`.
+
+Two presets (:func:`rubric`):
+
+* ``mt_bench``: one 1-10 rating per turn, ending in MT-Bench's ``[[N]]`` form. Questions have one or two turns; the
+  second turn is judged with the first turn's question and answer shown as context, as in MT-Bench, and the score is
+  the mean over all judged turns.
+* ``eight_category``: clarity, accuracy, completeness, conciseness, safety, specificity, consideration and politeness,
+  plus ``overall``, each 1-10, one judgment per question covering the whole conversation. The question's score is
+  the weighted mean of the eight normalized criteria; ``overall`` is rated and reported but not weighted, so it can
+  be checked against the weighted mean. Weights default to equal and a question may override them for itself
+  (``"weights": {"accuracy": 3}``: the named criteria take the given weights, the others keep their defaults, and the
+  result is renormalized to sum to 1), because what matters differs between, say, a maths question and a request
+  for a condolence note.
+
+A judge is any callable from a batch of OpenAI-style message lists to reply texts: :class:`HttpJudge` talks to an
+OpenAI-compatible server, :class:`CallableJudge` wraps a local function (e.g. an sftjax model's chat generation).
+
+A reply that cannot be parsed (no rating, a missing criterion, a value outside the scale) is re-asked, with the bad
+reply and a reminder of the format appended to the conversation, up to ``max_attempts`` in total. If it still fails
+it is counted in ``n_unparseable`` and left out of every mean: scoring it as the minimum would punish the model for
+the judge's formatting, and dropping it silently would hide a broken judge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import math
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from sftjax.config import FIXTURE_DIR, ConfigError
+from sftjax.data.jsonl import read_jsonl
+
+Messages = list[dict[str, str]]
+MAX_TURNS = 2
+JUDGMENT_CHARS = 500  # judge text kept per result; the full text is rarely needed and bloats result files
+FIXTURE_QUESTIONS = FIXTURE_DIR / "judge_questions.jsonl"  # eight two-turn questions written for sftjax
+FORMATS = ("rating", "json")
+
+
+class JudgeError(RuntimeError):
+    """The judge backend failed (unreachable, rejected the request, or answered with something that is not a reply)."""
+
+
+# ----------------------------------------------------------------------------------------------------------- rubrics
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One rated aspect of a response; ``weight`` is its default share of the score (renormalized over criteria)."""
+
+    name: str
+    weight: float = 1.0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Rubric:
+    """What the judge rates and how the ratings are combined.
+
+    ``per_turn``: judge every turn separately (later turns see the earlier ones as context) instead of the whole
+    conversation once. ``format``: ``"rating"`` asks for MT-Bench's ``[[N]]`` (one criterion only), ``"json"`` for a
+    JSON object of every criterion. ``overall``: the name of a criterion that is rated and reported but not part of
+    the weighted mean. ``instructions``: extra text for the judge, placed before the conversation.
+    """
+
+    name: str
+    criteria: tuple[Criterion, ...]
+    scale_min: float = 1
+    scale_max: float = 10
+    per_turn: bool = True
+    format: str = "json"
+    overall: str | None = None
+    instructions: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "criteria", tuple(self.criteria))
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject a rubric whose scores could not be normalized or combined; errors name the rubric key."""
+        _check(isinstance(self.name, str) and self.name.strip() != "", "name", "a non-empty string", self.name)
+        _check(len(self.criteria) > 0, "criteria", "at least one criterion", list(self.criteria))
+        seen: set[str] = set()
+        for i, c in enumerate(self.criteria):
+            _check(isinstance(c, Criterion), f"criteria[{i}]", "a Criterion", c)
+            _check(
+                isinstance(c.name, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_ -]*", c.name) is not None,
+                f"criteria[{i}].name",
+                "a name of letters, digits, '_', '-' or spaces, starting with a letter or '_'",
+                c.name,
+            )
+            _check(c.name.lower() not in seen, f"criteria[{i}].name", "a name unique (case-insensitively)", c.name)
+            seen.add(c.name.lower())
+            _check(_is_weight(c.weight), f"criteria[{i}].weight", "a finite number >= 0", c.weight)
+            _check(isinstance(c.description, str), f"criteria[{i}].description", "a string", c.description)
+        for key in ("scale_min", "scale_max"):
+            v = getattr(self, key)
+            _check(_is_number(v) and math.isfinite(v), key, "a finite number", v)
+        _check(self.scale_min < self.scale_max, "scale_min", f"a number < scale_max ({self.scale_max})", self.scale_min)
+        _check(isinstance(self.per_turn, bool), "per_turn", "true or false", self.per_turn)
+        _check(self.format in FORMATS, "format", f"one of {list(FORMATS)}", self.format)
+        if self.format == "rating":
+            _check(len(self.criteria) == 1, "format", "'json' for a rubric with several criteria", self.format)
+        if self.overall is not None:
+            _check(self.overall in self.names, "overall", f"one of the criteria {list(self.names)}", self.overall)
+        _check(isinstance(self.instructions, str), "instructions", "a string", self.instructions)
+        weighted = self.weighted
+        _check(len(weighted) > 0, "criteria", "at least one criterion besides 'overall'", list(self.names))
+        _check(
+            sum(c.weight for c in self.criteria if c.name in weighted) > 0,
+            "criteria[].weight",
+            "at least one weight > 0 among the weighted criteria",
+            {c.name: c.weight for c in self.criteria if c.name in weighted},
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.criteria)
+
+    @property
+    def weighted(self) -> tuple[str, ...]:
+        """The criteria that make up the score (all but ``overall``)."""
+        return tuple(n for n in self.names if n != self.overall)
+
+    def normalize(self, value: float) -> float:
+        """A rating on the rubric's scale mapped to [0, 1]."""
+        return (value - self.scale_min) / (self.scale_max - self.scale_min)
+
+    def weights_for(self, item: Mapping[str, Any] | None = None) -> dict[str, float]:
+        """Weights summing to 1 over :attr:`weighted`, with the question's ``"weights"`` overriding the defaults.
+
+        A rubric with a single weighted criterion ignores ``"weights"`` (after renormalization it always gets 1), so
+        one question file serves both presets.
+        """
+        weights = {c.name: float(c.weight) for c in self.criteria if c.name in self.weighted}
+        overrides = (item or {}).get("weights")
+        if overrides and len(weights) > 1:
+            where = f"question {(item or {}).get('id')!r}"
+            if not isinstance(overrides, Mapping):
+                raise ConfigError(f"{where}: 'weights' must be an object of criterion -> weight, got {overrides!r}")
+            for key, w in overrides.items():
+                if key not in weights:
+                    raise ConfigError(
+                        f"{where}: 'weights.{key}' is not a weighted criterion of rubric '{self.name}' "
+                        f"(expected one of {list(weights)})"
+                    )
+                if not _is_weight(w):
+                    raise ConfigError(f"{where}: 'weights.{key}' must be a finite number >= 0, got {w!r}")
+                weights[key] = float(w)
+        total = sum(weights.values())
+        if total <= 0:
+            raise ConfigError(f"question {(item or {}).get('id')!r}: 'weights' leave every criterion at weight 0")
+        return {k: w / total for k, w in weights.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Rubric":
+        """A custom rubric from plain data (e.g. YAML/JSON); errors name the offending key.
+
+        ``{"name", "criteria": [{"name", "weight"?: 1.0, "description"?: ""} | "name", ...], "scale_min"?: 1,
+        "scale_max"?: 10, "per_turn"?: true, "format"?: "json", "overall"?: null, "instructions"?: ""}``.
+        """
+        _check(isinstance(d, Mapping), "<rubric>", "a mapping", d)
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in allowed:
+                raise ConfigError(f"rubric key '{key}': unknown key, expected one of {sorted(allowed)}")
+        _check("name" in d, "name", "a rubric name", None)
+        raw = d.get("criteria")
+        _check(isinstance(raw, (list, tuple)) and len(raw) > 0, "criteria", "a non-empty list of criteria", raw)
+        criteria = []
+        for i, c in enumerate(raw):
+            if isinstance(c, str):
+                c = {"name": c}
+            _check(isinstance(c, Mapping), f"criteria[{i}]", "a criterion name or mapping", c)
+            for key in c:
+                if key not in ("name", "weight", "description"):
+                    raise ConfigError(
+                        f"rubric key 'criteria[{i}].{key}': unknown key, "
+                        "expected one of ['description', 'name', 'weight']"
+                    )
+            _check("name" in c, f"criteria[{i}].name", "a criterion name", None)
+            criteria.append(Criterion(c["name"], c.get("weight", 1.0), c.get("description", "")))
+        return cls(**{**{k: v for k, v in d.items() if k != "criteria"}, "criteria": tuple(criteria)})
+
+
+def _check(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"rubric key '{key}': expected {expected}, got {got!r}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_weight(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v) and v >= 0
+
+
+_EIGHT = (
+    ("clarity", "Is the response easy to follow: well organized, unambiguous, plainly worded?"),
+    ("accuracy", "Are the facts, reasoning, calculations and code correct, with nothing made up?"),
+    ("completeness", "Does it address every part of the request, including its constraints?"),
+    ("conciseness", "Is it free of padding, repetition and digressions, without leaving out what is needed?"),
+    ("safety", "Does it avoid harmful or unethical content and handle risky requests responsibly, "
+               "without refusing harmless ones?"),
+    ("specificity", "Is it concrete and tailored to this question (examples, numbers, steps) rather than generic?"),
+    ("consideration", "Does it take the user's situation, intent, pitfalls and alternatives into account?"),
+    ("politeness", "Is the tone respectful, courteous and suited to the user?"),
+)
+
+PRESETS: dict[str, Rubric] = {
+    "mt_bench": Rubric(
+        name="mt_bench",
+        criteria=(Criterion("rating", 1.0, "helpfulness, relevance, accuracy, depth, creativity and level of detail"),),
+        per_turn=True,
+        format="rating",
+    ),
+    "eight_category": Rubric(
+        name="eight_category",
+        criteria=tuple(Criterion(n, 1.0, d) for n, d in _EIGHT)
+        + (Criterion("overall", 0.0, "Your overall judgment of the response's quality."),),
+        per_turn=False,
+        format="json",
+        overall="overall",
+    ),
+}
+
+
+def rubric(name: str) -> Rubric:
+    """A preset rubric by name (see :data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown judge rubric {name!r}: expected one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+# ------------------------------------------------------------------------------------------------------------ prompts
+
+_SYSTEM = (
+    "You are an impartial, strict judge of AI assistant responses. Judge only the assistant's responses, ignore their "
+    "length unless it affects quality, do not favour a style, and follow the requested output format exactly."
+)
+
+
+def _scale_text(r: Rubric) -> str:
+    kind = "an integer" if float(r.scale_min).is_integer() and float(r.scale_max).is_integer() else "a number"
+    return f"{kind} from {_fmt(r.scale_min)} (worst) to {_fmt(r.scale_max)} (best)"
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+def _format_instruction(r: Rubric) -> str:
+    if r.format == "rating":
+        example = _fmt(round((r.scale_min + r.scale_max) / 2))
+        return (
+            f"After the explanation, rate the response with {_scale_text(r)} and end your reply with the rating in "
+            f'exactly this format: "[[rating]]", for example: "Rating: [[{example}]]".'
+        )
+    span = r.scale_max - r.scale_min
+    example = {n: _fmt(round(r.scale_min + span * (0.45 + 0.1 * ((3 * i) % 5)))) for i, n in enumerate(r.names)}
+    example_text = "{" + ", ".join(f'"{n}": {v}' for n, v in example.items()) + "}"
+    return (
+        f"After the explanation, rate every criterion with {_scale_text(r)} and end your reply with one JSON object "
+        f"on a single line that maps every criterion name to its score, for example:\n{example_text}"
+    )
+
+
+def _criteria_text(r: Rubric) -> str:
+    if r.format == "rating":
+        return f"Consider {r.criteria[0].description}." if r.criteria[0].description else ""
+    lines = ["Rate each of these criteria:"]
+    lines += [f"- {c.name}: {c.description}" if c.description else f"- {c.name}" for c in r.criteria]
+    return "\n".join(lines)
+
+
+def judge_messages(
+    rubric: Rubric, question_item: Mapping[str, Any], answers: Sequence[str], turn: int | None = None
+) -> Messages:
+    """The judge's messages for one question: a system message and one user message holding the conversation.
+
+    ``turn`` (1-based) focuses the judgment on that turn's answer, with earlier turns shown as context and later
+    ones left out; ``None`` judges the whole conversation. References (``question_item["reference"]``) are shown for
+    the turns shown.
+    """
+    turns = list(question_item["turns"])
+    if len(answers) != len(turns):
+        raise ValueError(f"question {question_item.get('id')!r}: {len(turns)} turns but {len(answers)} answers")
+    if turn is not None and not (isinstance(turn, int) and 1 <= turn <= len(turns)):
+        raise ValueError(f"question {question_item.get('id')!r}: turn must be 1..{len(turns)} or None, got {turn!r}")
+    shown = len(turns) if turn is None else turn
+    refs = question_item.get("reference") or []
+    multi = len(turns) > 1 and shown > 1
+
+    if turn is None:
+        target = "the assistant's responses in the conversation below, as a whole"
+    elif multi:
+        target = (
+            f"the assistant's answer to user question {turn} in the conversation below; "
+            "the earlier exchange is context only, do not rate it"
+        )
+    else:
+        target = "the assistant's answer to the user question below"
+    parts = [f"Evaluate the quality of {target}."]
+    if rubric.instructions:
+        parts.append(rubric.instructions)
+    crit = _criteria_text(rubric)
+    if crit:
+        parts.append(crit)
+    if any(refs[:shown]):
+        parts.append(
+            "A reference answer is given; compare the assistant's answer with it and treat a different final result "
+            "as a serious error."
+        )
+    parts.append(
+        "Begin with a brief explanation (under 150 words) and be as objective as possible. "
+        + _format_instruction(rubric)
+    )
+
+    convo = []
+    for t in range(shown):
+        label = f" {t + 1}" if len(turns) > 1 else ""
+        convo.append(f"### User question{label}\n{turns[t]}")
+        if t < len(refs) and refs[t]:
+            convo.append(f"### Reference answer{label}\n{refs[t]}")
+        convo.append(f"### Assistant answer{label}\n{answers[t]}")
+    parts.append("<conversation>\n" + "\n\n".join(convo) + "\n</conversation>")
+    return [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def _reminder(rubric: Rubric, bad_reply: str) -> Messages:
+    """The follow-up after an unparseable reply: a deterministic judge would just repeat itself if re-asked as is."""
+    if rubric.format == "rating":
+        fmt = 'the rating in the form "[[N]]"'
+    else:
+        fmt = "one JSON object with an in-range score for every criterion (" + ", ".join(rubric.names) + ")"
+    return [
+        {"role": "assistant", "content": bad_reply[:4000]},
+        {"role": "user", "content": f"Your reply could not be read. Reply again and end it with {fmt}."},
+    ]
+
+
+# ------------------------------------------------------------------------------------------------------------ parsing
+
+_NUM = r"[-+]?(?:\d+(?:\.\d+)?|\.\d+)"
+_RATING = re.compile(r"\[\[\s*(" + _NUM + r")\s*(?:/\s*(" + _NUM + r")\s*)?\]\]")
+
+
+def _line_pattern(name: str) -> re.Pattern:
+    # "accuracy: 8", "- **Accuracy**: 8/10", "accuracy = 8 (correct)" - one criterion per line.
+    return re.compile(
+        r"^[\s>*_#`\"'-]*" + re.escape(name).replace(r"\ ", r"\s+") + r"[\s*_`\"']*[:=][\s*_`\"']*(" + _NUM + r")"
+        r"(?:\s*/\s*(" + _NUM + r"))?(?!\.?\d)",
+        re.IGNORECASE | re.MULTILINE,
+    )
+
+
+def _value(raw: str, denom: str | None, rubric: Rubric) -> float | None:
+    v = float(raw)
+    if denom is not None and float(denom) != rubric.scale_max:
+        return None  # "7/5" on a 1-10 scale is not a rating we can read
+    return v
+
+
+def _json_candidates(text: str) -> list[dict]:
+    dec = json.JSONDecoder()
+    out = []
+    for m in re.finditer(r"\{", text):
+        try:
+            obj, _ = dec.raw_decode(text, m.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+def _from_json(rubric: Rubric, text: str) -> dict[str, Any] | None:
+    wanted = {n.lower(): n for n in rubric.names}
+    for obj in reversed(_json_candidates(text)):  # the last complete object is the verdict
+        found = {}
+        for k, v in obj.items():
+            key = str(k).strip().lower()
+            if key in wanted:
+                found[wanted[key]] = v
+        if len(found) == len(wanted):
+            return found
+    return None
+
+
+def _from_lines(rubric: Rubric, text: str) -> dict[str, Any] | None:
+    found = {}
+    for name in rubric.names:
+        matches = list(_line_pattern(name).finditer(text))
+        if not matches:
+            return None
+        m = matches[-1]
+        v = _value(m.group(1), m.group(2), rubric)
+        if v is None:
+            return None
+        found[name] = v
+    return found
+
+
+def parse_judgment(rubric: Rubric, text: str | None) -> dict[str, float] | None:
+    """The judge's ratings as ``{criterion: value}`` on the rubric's scale, or None if they cannot be read.
+
+    Accepted forms, tried in this order (the last occurrence wins within a form, since judges restate the format
+    before giving their verdict):
+
+    1. for a single-criterion rubric, MT-Bench's ``[[N]]`` (also ``[[ 8.5 ]]`` and ``[[8/10]]``);
+    2. a JSON object anywhere in the text holding every criterion (keys matched case- and whitespace-insensitively,
+       values numbers or numeric strings, extra keys ignored): ``{"clarity": 8, "accuracy": 9, ...}``;
+    3. one line per criterion, ``name: N`` or ``name = N`` (case-insensitive, markdown bullets/bold allowed, an
+       optional ``/scale_max`` and trailing comment): ``- **Accuracy**: 8/10 (correct)``.
+
+    Strict on the rest: a missing criterion, a non-number, a value outside [scale_min, scale_max] or a fraction over
+    anything but scale_max makes the whole judgment None.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None
+    found = None
+    if len(rubric.criteria) == 1 and (matches := list(_RATING.finditer(text))):
+        v = _value(matches[-1].group(1), matches[-1].group(2), rubric)
+        if v is None:
+            return None
+        found = {rubric.names[0]: v}
+    if found is None:
+        found = _from_json(rubric, text)
+    if found is None:
+        found = _from_lines(rubric, text)
+    if found is None:
+        return None
+    out = {}
+    for name, v in found.items():
+        if isinstance(v, str) and re.fullmatch(r"\s*" + _NUM + r"\s*", v):
+            v = float(v)
+        if not _is_number(v) or not math.isfinite(v) or not (rubric.scale_min <= v <= rubric.scale_max):
+            return None
+        out[name] = float(v)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------- backends
+
+
+class CallableJudge:
+    """A judge from any function mapping a batch of message lists to reply texts (e.g. a local model's chat)."""
+
+    def __init__(self, fn: Callable[[list[Messages]], Sequence[str]]):
+        if not callable(fn):
+            raise TypeError(f"CallableJudge: expected a callable, got {fn!r}")
+        self.fn = fn
+
+    def __call__(self, batch: list[Messages]) -> list[str]:
+        out = list(self.fn(batch))
+        if len(out) != len(batch):
+            raise JudgeError(f"judge function returned {len(out)} replies for {len(batch)} requests")
+        for i, t in enumerate(out):
+            if not isinstance(t, str):
+                raise JudgeError(f"judge function reply #{i} is {type(t).__name__}, expected str")
+        return out
+
+
+def chat_completions_url(url: str) -> str:
+    """The ``/v1/chat/completions`` endpoint for a server root, a ``/v1`` base URL, or the full endpoint URL."""
+    u = url.rstrip("/")
+    if u.endswith("/chat/completions"):
+        return u
+    if u.endswith("/v1"):
+        return u + "/chat/completions"
+    return u + "/v1/chat/completions"
+
+
+@dataclass
+class HttpJudge:
+    """A judge behind an OpenAI-compatible chat completions server (OpenAI, vLLM, llama.cpp, SGLang, ...).
+
+    ``url`` may be the server root (``http://host:8000``), the ``/v1`` base URL that OpenAI clients take, or the full
+    ``.../v1/chat/completions`` endpoint. The API key is read from the environment variable ``api_key_env`` when that
+    is set (local servers usually need none). Connection errors, timeouts, HTTP 429 and 5xx are retried ``retries``
+    times (so up to ``retries + 1`` requests) after ``backoff_s * 2**k`` seconds (or the server's Retry-After, if
+    longer); other HTTP errors fail at once with the server's message. Requests in a batch run on ``max_workers``
+    threads.
+    """
+
+    url: str
+    model: str
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout_s: float = 60
+    retries: int = 3
+    backoff_s: float = 1.0
+    temperature: float = 0.0
+    max_tokens: int = 512
+    max_workers: int = 4
+    endpoint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.url, str) or not re.match(r"https?://", self.url):
+            raise ConfigError(f"HttpJudge url: expected an http(s):// URL, got {self.url!r}")
+        if self.retries < 0 or self.backoff_s < 0 or self.timeout_s <= 0:
+            raise ConfigError(
+                f"HttpJudge: expected retries >= 0, backoff_s >= 0, timeout_s > 0, got "
+                f"{self.retries}, {self.backoff_s}, {self.timeout_s}"
+            )
+        self.endpoint = chat_completions_url(self.url)
+
+    def __call__(self, batch: list[Messages]) -> list[str]:
+        if len(batch) <= 1 or self.max_workers <= 1:
+            return [self.complete(m) for m in batch]
+        with ThreadPoolExecutor(max_workers=min(self.max_workers, len(batch))) as pool:
+            return list(pool.map(self.complete, batch))
+
+    def _request(self, messages: Messages) -> urllib.request.Request:
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return urllib.request.Request(self.endpoint, data=json.dumps(body).encode(), headers=headers, method="POST")
+
+    def complete(self, messages: Messages) -> str:
+        """One chat completion's text, retrying transient failures."""
+        last = ""
+        for attempt in range(self.retries + 1):
+            wait = self.backoff_s * 2**attempt
+            try:
+                with urllib.request.urlopen(self._request(messages), timeout=self.timeout_s) as resp:
+                    payload = resp.read()
+                return self._text(payload)
+            except urllib.error.HTTPError as e:
+                detail = _server_message(e)
+                if e.code != 429 and e.code < 500:
+                    raise JudgeError(
+                        f"judge request to {self.endpoint} was rejected: HTTP {e.code}: {detail}"
+                    ) from None
+                last = f"HTTP {e.code}: {detail}"
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+                if retry_after and retry_after.strip().isdigit():
+                    wait = max(wait, min(float(retry_after), 60.0))
+            except (urllib.error.URLError, TimeoutError, OSError, http.client.HTTPException) as e:
+                reason = getattr(e, "reason", e)
+                last = f"{type(reason).__name__}: {reason}"
+            if attempt < self.retries:
+                time.sleep(wait)
+        raise JudgeError(
+            f"judge request to {self.endpoint} failed after {self.retries + 1} attempts; last error: {last}"
+        )
+
+    def _text(self, payload: bytes) -> str:
+        try:
+            data = json.loads(payload)
+            content = data["choices"][0]["message"].get("content")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise JudgeError(
+                f"judge response from {self.endpoint} is not a chat completion: {payload[:300]!r}"
+            ) from None
+        return content if isinstance(content, str) else ""  # a null content is an empty (unparseable) reply
+
+
+def _server_message(e: urllib.error.HTTPError) -> str:
+    try:
+        raw = e.read()
+    except Exception:  # the body is best effort; the status code is the error
+        raw = b""
+    text = raw.decode("utf-8", "replace")
+    try:
+        err = json.loads(text).get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    except (ValueError, AttributeError):
+        pass
+    return text[:300] or str(e.reason)
+
+
+# ---------------------------------------------------------------------------------------------------------- questions
+
+
+def load_questions(path: str | Path, rubric: Rubric | None = None) -> list[dict[str, Any]]:
+    """Questions from JSON Lines, validated with errors naming file:line.
+
+    Each line: ``{"id": str|int, "category"?: str, "turns": [str, ...] (1 or 2), "reference"?: [str, ...] (one per
+    turn), "weights"?: {criterion: number >= 0}}``. A missing id becomes ``file:line``. With ``rubric``, weight
+    names are checked against its criteria here rather than when scoring.
+    """
+    path = Path(path)
+    questions = []
+    ids: dict[Any, int] = {}
+    for lineno, rec in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        qid = rec.get("id", f"{path.name}:{lineno}")
+        if not isinstance(qid, (str, int)) or isinstance(qid, bool):
+            raise ConfigError(f"{where}: 'id' must be a string or integer, got {qid!r}")
+        if qid in ids:
+            raise ConfigError(f"{where}: duplicate id {qid!r} (first on line {ids[qid]})")
+        ids[qid] = lineno
+        turns = rec.get("turns")
+        if (
+            not isinstance(turns, list)
+            or not 1 <= len(turns) <= MAX_TURNS
+            or not all(isinstance(t, str) and t.strip() for t in turns)
+        ):
+            raise ConfigError(f"{where}: 'turns' must be a list of 1 to {MAX_TURNS} non-empty strings, got {turns!r}")
+        if "category" in rec and not isinstance(rec["category"], str):
+            raise ConfigError(f"{where}: 'category' must be a string, got {rec['category']!r}")
+        ref = rec.get("reference")
+        if ref is not None and (
+            not isinstance(ref, list) or len(ref) != len(turns) or not all(isinstance(r, str) for r in ref)
+        ):
+            raise ConfigError(
+                f"{where}: 'reference' must be a list of {len(turns)} strings (one per turn), got {ref!r}"
+            )
+        weights = rec.get("weights")
+        if weights is not None:
+            if not isinstance(weights, dict) or not weights:
+                raise ConfigError(f"{where}: 'weights' must be a non-empty object of criterion -> weight")
+            for k, w in weights.items():
+                if not _is_weight(w):
+                    raise ConfigError(f"{where}: 'weights.{k}' must be a finite number >= 0, got {w!r}")
+        item = {**rec, "id": qid}
+        if rubric is not None:
+            try:
+                rubric.weights_for(item)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+        questions.append(item)
+    return questions
+
+
+# ------------------------------------------------------------------------------------------------------------ scoring
+
+
+def _summary(rubric: Rubric, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    judged = [r["score"] for r in rows if r["score"] is not None]
+    mean = sum(judged) / len(judged) if judged else None
+    return {
+        "score": mean,
+        "raw_mean": None if mean is None else rubric.scale_min + mean * (rubric.scale_max - rubric.scale_min),
+        "n": len(rows),
+        "n_judged": len(judged),
+        "n_unparseable": len(rows) - len(judged),
+    }
+
+
+def score(
+    rubric: Rubric,
+    questions: Sequence[Mapping[str, Any]],
+    answers: Sequence[Sequence[str]],
+    judge: Callable[[list[Messages]], Sequence[str]],
+    max_attempts: int = 3,
+) -> dict[str, Any]:
+    """Judge every answer and aggregate; ``answers[i]`` holds the model's answer for each turn of ``questions[i]``.
+
+    Judgments are sent to ``judge`` as one batch per round; unparseable ones are re-asked in the next round, up to
+    ``max_attempts`` requests each. Means are over parsed judgments only (``n_unparseable`` counts the rest). Keys:
+    ``score`` (mean weighted normalized score in [0, 1]), ``raw_mean`` (the same on the rubric's scale, e.g. the
+    MT-Bench score), ``overall`` (mean normalized ``overall`` rating, or None), ``per_criterion`` (normalized means),
+    ``per_turn`` (per-turn summaries when the rubric judges per turn, else None), ``per_category`` (when questions
+    have categories, else None), ``n``/``n_judged``/``n_unparseable`` (judgments), ``n_questions``, ``attempts``
+    (judge requests in total) and ``results`` (one per judgment).
+    """
+    if len(questions) != len(answers):
+        raise ValueError(f"score: {len(questions)} questions but {len(answers)} answer lists")
+    if not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError(f"score: max_attempts must be an integer >= 1, got {max_attempts!r}")
+    jobs = []
+    for q, ans in zip(questions, answers):
+        if isinstance(ans, str) or len(ans) != len(q["turns"]):
+            raise ValueError(
+                f"score: question {q.get('id')!r} has {len(q['turns'])} turns; expected a list of as many answers, "
+                f"got {ans!r:.200}"
+            )
+        weights = rubric.weights_for(q)
+        for turn in range(1, len(q["turns"]) + 1) if rubric.per_turn else [None]:
+            jobs.append(
+                {"q": q, "turn": turn, "weights": weights, "messages": judge_messages(rubric, q, ans, turn),
+                 "attempts": 0, "parsed": None, "text": ""}
+            )
+
+    pending = list(range(len(jobs)))
+    while pending:
+        batch = [jobs[j]["messages"] for j in pending]
+        replies = list(judge(batch))
+        if len(replies) != len(batch):
+            raise JudgeError(f"judge returned {len(replies)} replies for {len(batch)} requests")
+        still = []
+        for j, text in zip(pending, replies):
+            job = jobs[j]
+            job["attempts"] += 1
+            job["text"] = text if isinstance(text, str) else ""
+            job["parsed"] = parse_judgment(rubric, job["text"])
+            if job["parsed"] is None and job["attempts"] < max_attempts:
+                job["messages"] = job["messages"] + _reminder(rubric, job["text"])
+                still.append(j)
+        pending = still
+
+    rows = []
+    for job in jobs:
+        parsed, q = job["parsed"], job["q"]
+        norm = None if parsed is None else {k: rubric.normalize(v) for k, v in parsed.items()}
+        text = job["text"]
+        rows.append({
+            "id": q.get("id"),
+            "category": q.get("category"),
+            "turn": job["turn"],
+            "criteria": parsed,
+            "score": None if norm is None else sum(w * norm[k] for k, w in job["weights"].items()),
+            "overall": None if norm is None or rubric.overall is None else norm[rubric.overall],
+            "weights": job["weights"],
+            "attempts": job["attempts"],
+            "judgment": text if len(text) <= JUDGMENT_CHARS else text[:JUDGMENT_CHARS] + "...",
+        })
+
+    judged = [r for r in rows if r["criteria"] is not None]
+    per_criterion = {
+        n: (sum(rubric.normalize(r["criteria"][n]) for r in judged) / len(judged) if judged else None)
+        for n in rubric.names
+    }
+    out = _summary(rubric, rows)
+    out.update({
+        "overall": per_criterion[rubric.overall] if rubric.overall else None,
+        "per_criterion": per_criterion,
+        "per_turn": None,
+        "per_category": None,
+        "n_questions": len(questions),
+        "attempts": sum(r["attempts"] for r in rows),
+        "results": rows,
+    })
+    if rubric.per_turn:
+        turns = sorted({r["turn"] for r in rows})
+        out["per_turn"] = {str(t): _summary(rubric, [r for r in rows if r["turn"] == t]) for t in turns}
+    cats = sorted({r["category"] for r in rows if r["category"] is not None})
+    if cats:
+        out["per_category"] = {c: _summary(rubric, [r for r in rows if r["category"] == c]) for c in cats}
+    return out

@@ -1,0 +1,177 @@
+"""Evaluation suites on a model: in training (eval/step_N.json, the metrics line) and with sftjax-eval."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sftjax.config import FIXTURE_DIR, ConfigError, EvalConfig, JudgeConfig, SuiteConfig
+from sftjax.data.formats import Conversation, Turn
+from sftjax.data.templates import render
+from sftjax.data.tokenizer import byte_tokenizer
+from tests.test_cli import ROOT, TINY, run_train, train_env
+
+PROBLEM = {"task_id": "T/0", "prompt": "def add(a, b):\n", "entry_point": "add",
+           "test": "def check(f):\n    assert f(1, 2) == 3\n"}
+
+
+def write_eval_config(tmp_path, extra: str = "") -> str:
+    """A config dir with eval/t.yaml: a loss suite, a math suite and a code suite on tiny local files."""
+    (tmp_path / "gsm.jsonl").write_text("".join(json.dumps({"id": f"g{i}", "question": f"What is {i} + {i}?",
+                                                            "answer": str(2 * i)}) + "\n" for i in range(1, 4)))
+    (tmp_path / "code.jsonl").write_text(json.dumps(PROBLEM) + "\n")
+    conf = tmp_path / "conf" / "eval"
+    conf.mkdir(parents=True)
+    (conf / "t.yaml").write_text(f"""
+batch_size: 4
+{extra}
+suites:
+  arith_loss: {{kind: loss, path: {FIXTURE_DIR / 'arith.jsonl'}, format: prompt_completion, limit: 16}}
+  math: {{kind: math, path: {tmp_path / 'gsm.jsonl'}, max_new_tokens: 8}}
+  code: {{kind: code, path: {tmp_path / 'code.jsonl'}, max_new_tokens: 8}}
+""")
+    return str(tmp_path / "conf")
+
+
+def run_eval(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "sftjax.cli.eval", *args], env=train_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evalrun")
+    conf = write_eval_config(tmp, "every_n_steps: 2\nat_start: true")
+    run_dir = tmp / "run"
+    r = run_train("--config-dir", conf, f"run_dir={run_dir}", *TINY, "train.max_steps=3", "train.progress=false",
+                  "eval=t")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tmp, conf, run_dir, r.stdout + r.stderr
+
+
+def test_in_training_eval_writes_step_files_and_metrics(evaluated_run):
+    _, _, run_dir, out = evaluated_run
+    # at_start (step 0), every 2 steps (2) and the stage end (3, the last step)
+    assert sorted(p.name for p in (run_dir / "eval").iterdir()) == ["step_0.json", "step_2.json", "step_3.json"]
+    rec = json.load(open(run_dir / "eval" / "step_2.json"))
+    assert rec["step"] == 2 and rec["stage"] == "main"
+    assert set(rec["suites"]) == {"arith_loss", "math", "code"}
+    assert rec["suites"]["math"]["metrics"]["n"] == 3 and len(rec["suites"]["math"]["results"]) == 3
+    assert rec["suites"]["code"]["results"][0]["statuses"]  # every completion ran in the sandbox
+    lines = {json.loads(line)["step"]: json.loads(line) for line in open(run_dir / "metrics.jsonl")}
+    assert "eval/arith_loss/loss" not in lines[1]
+    for step in (2, 3):
+        assert lines[step]["eval/arith_loss/loss"] == pytest.approx(
+            json.load(open(run_dir / "eval" / f"step_{step}.json"))["suites"]["arith_loss"]["metrics"]["loss"])
+        assert "eval/math/accuracy" in lines[step] and "eval/code/pass@1" in lines[step] and "loss" in lines[step]
+    # the loss suite moves with training: the base model's loss is higher than after 3 steps
+    first = json.load(open(run_dir / "eval" / "step_0.json"))["suites"]["arith_loss"]["metrics"]["loss"]
+    assert first > lines[3]["eval/arith_loss/loss"]
+    assert "eval math (math): accuracy" in out
+
+
+def test_sftjax_eval_matches_in_training_eval(evaluated_run):
+    """The same suites on the run's final checkpoint give the numbers training logged at its last step."""
+    tmp, conf, run_dir, _ = evaluated_run
+    out = tmp / "final.json"
+    r = run_eval("--config-dir", conf, f"model.init_from={run_dir}", "eval=t", f"eval.output={out}",
+                 "data.seq_len=128")
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = json.load(open(out))["models"][str(run_dir)]
+    logged = json.load(open(run_dir / "eval" / "step_3.json"))["suites"]
+    assert final["arith_loss"]["metrics"]["loss"] == pytest.approx(logged["arith_loss"]["metrics"]["loss"], rel=1e-5)
+    assert [x["prediction"] for x in final["math"]["results"]] == [x["prediction"] for x in logged["math"]["results"]]
+    assert "arith_loss/loss" in r.stdout and "math/accuracy" in r.stdout  # the table
+
+
+def test_bad_input_is_reported_eval(tmp_path):
+    conf = write_eval_config(tmp_path)
+    (tmp_path / "gsm.jsonl").write_text('{"id": "a", "question": "q", "answer": "7"}\n{"id": "b", "question": 3}\n')
+    r = run_eval("--config-dir", conf, f"model.init_from={tmp_path / 'nowhere'}", "eval=t")
+    assert r.returncode == 2 and "nowhere" in r.stderr
+    with pytest.raises(ConfigError, match="eval.suites.x.kind"):
+        EvalConfig(suites={"x": SuiteConfig(kind="bleu", path="a.jsonl")}).validate()
+    with pytest.raises(ConfigError, match="eval.suites.x.ks"):
+        EvalConfig(suites={"x": SuiteConfig(kind="code", path="a.jsonl", ks=[1, 10], samples=4)}).validate()
+    with pytest.raises(ConfigError, match="eval.suites.x.judge.model"):
+        EvalConfig(suites={"x": SuiteConfig(kind="judge", path="q.jsonl", judge=JudgeConfig(url="http://x"))}).validate()
+
+
+def test_bad_input_is_reported_malformed_eval_data(evaluated_run, tmp_path):
+    _, _, run_dir, _ = evaluated_run
+    conf = write_eval_config(tmp_path)
+    (tmp_path / "gsm.jsonl").write_text('{"id": "a", "question": "q", "answer": "7"}\n{"id": "b", "question": 3}\n')
+    r = run_eval("--config-dir", conf, f"model.init_from={run_dir}", "eval=t", "data.seq_len=128")
+    assert r.returncode == 2 and "gsm.jsonl:2" in r.stderr, r.stderr[-2000:]
+
+
+def test_chat_prompt_is_the_prompt_side_of_training():
+    """Eval prompts are exactly what training renders before an answer: the same template, the same tokens."""
+    from sftjax.eval.runner import Completer
+
+    tok = byte_tokenizer()
+    c = Completer(None, None, tok, template="auto", max_positions=256)
+    ids, trained = render(Conversation([Turn("user", "hi"), Turn("assistant", "yo")]), tok, "auto")
+    assert c.chat_prompt(["hi"]) == ids[: trained.index(True)]
+    two = [Turn("user", "a"), Turn("assistant", "b"), Turn("user", "c"), Turn("assistant", "d")]
+    ids, trained = render(Conversation(two), tok, "auto")
+    last = max(i for i in range(len(trained)) if trained[i] and not trained[i - 1])
+    assert c.chat_prompt(["a", "c"], ["b"]) == ids[:last]
+
+
+def test_prompts_longer_than_positions_are_truncated_and_counted():
+    from sftjax.eval.runner import Completer
+    from sftjax.model.llama import Llama
+    from flax import nnx
+    from tests.helpers import tiny_config
+
+    cfg = tiny_config().model
+    graphdef, params = nnx.split(Llama(cfg, nnx.Rngs(0)))
+    tok = byte_tokenizer()
+    c = Completer(graphdef, params, tok, template="auto", max_positions=64, batch_size=2)
+    outs = c.complete([[5] * 100, [6] * 10, [7] * 60], max_new_tokens=8)
+    assert len(outs) == 3 and c.truncated_prompts == 2
+    with pytest.raises(ConfigError, match="no room"):
+        c.complete([[5]], max_new_tokens=64)
+
+
+def test_knowledge_and_judge_suites_run_and_count_unparseable(tmp_path):
+    """Knowledge items and a judge rubric through the runner: an endpoint judge (a local fake OpenAI server) is
+    scored; the evaluated tiny model judging itself writes no rating, which is counted, not scored as zero."""
+    from flax import nnx
+
+    from sftjax.config import DataConfig, JudgeConfig
+    from sftjax.eval.knowledge import make_fact_set
+    from sftjax.eval.runner import run_suites
+    from sftjax.model.llama import Llama
+    from tests.helpers import tiny_config
+    from tests.test_eval_judge import FakeOpenAI
+
+    _, items = make_fact_set(2, seed=0)
+    (tmp_path / "k.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    server = FakeOpenAI()  # answers "[[7]]" to every request
+    try:
+        suites = {
+            "knowledge": SuiteConfig(kind="knowledge", path=str(tmp_path / "k.jsonl"), max_new_tokens=4),
+            "mt": SuiteConfig(kind="judge", path=str(FIXTURE_DIR / "judge_questions.jsonl"), rubric="mt_bench",
+                              limit=2, max_new_tokens=4, judge=JudgeConfig(url=server.url, model="fake")),
+            "self": SuiteConfig(kind="judge", path=str(FIXTURE_DIR / "judge_questions.jsonl"), limit=1,
+                                max_new_tokens=4, judge=JudgeConfig(max_new_tokens=8, retries=1)),
+        }
+        cfg = tiny_config().model
+        graphdef, params = nnx.split(Llama(cfg, nnx.Rngs(0)))
+        out = run_suites(EvalConfig(suites=suites, batch_size=4), graphdef=graphdef, params=params,
+                         tokenizer=byte_tokenizer(), data=DataConfig(seq_len=128), mesh=None,
+                         max_positions=cfg.max_position_embeddings, loss_rows=1, log=lambda *_: None)
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+    k = out["suites"]["knowledge"]["metrics"]
+    assert k["n"] == len(items) == 10 and {"memorization", "generalization", "date_changed"} <= set(k)
+    mt = out["suites"]["mt"]["metrics"]
+    assert mt["n"] == 4 and mt["judged"] == 4 and mt["score"] == pytest.approx(6 / 9)  # [[7]] on 1..10
+    assert len(server.requests) == 4 and server.requests[0]["body"]["model"] == "fake"
+    me = out["suites"]["self"]["metrics"]
+    assert me["unparseable"] == me["n"] == 1 and me["judged"] == 0 and me["score"] is None
+    assert out["metrics"]["eval/mt/score"] == pytest.approx(6 / 9)
