@@ -36,10 +36,10 @@ class SourceStats:
 
 
 def tokenize_source(name: str, source_id: int, cfg: DataConfig, tokenizer, shard: tuple[int, int] = (0, 1),
-                    exchange=None) -> tuple[list[dict], SourceStats]:
+                    exchange=None, limit: int = 0) -> tuple[list[dict], SourceStats]:
     """A source's usable examples, in record order. With ``shard = (p, P)``, P > 1, this process renders only
     records p, p+P, ... and ``exchange`` (sftjax.data.distributed.exchange by default) gathers the rest, so every
-    process returns the same list."""
+    process returns the same list. ``limit``: only the first N records (after filters) are used (an eval sample)."""
     from sftjax.data import distributed
     from sftjax.data.formats import to_example
     from sftjax.data.sources import SourceSpec, read_source
@@ -51,6 +51,8 @@ def tokenize_source(name: str, source_id: int, cfg: DataConfig, tokenizer, shard
                                            filters=filters, split=src.split, kind=src.kind,
                                            on_bad_record=src.on_bad_record))
     stats = SourceStats(records=read.read, filtered=read.filtered_out, bad=read.bad, reasons=list(read.bad_reasons))
+    if limit:
+        records = records[:limit]
     index, count = shard
     mine = distributed.Shard()
     for k in range(index, len(records), count):

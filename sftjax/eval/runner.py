@@ -148,7 +148,7 @@ def judge_suite(suite: SuiteConfig, completer: Completer, judge) -> dict:
     scored = rubric_judge.score(rubric, questions, answers, judge, max_attempts=suite.judge.retries + 1)
     metrics = {"score": scored["score"], "n": scored["n"], "judged": scored["n_judged"],
                "unparseable": scored["n_unparseable"]}
-    metrics.update({f"{k}": v for k, v in (scored.get("per_criterion") or {}).items()})
+    metrics.update({f"criterion/{k}": v for k, v in (scored.get("per_criterion") or {}).items()})
     return {"metrics": metrics, "results": scored["results"],
             "answers": [{"id": q["id"], "answers": a} for q, a in zip(questions, answers)]}
 
@@ -164,8 +164,8 @@ def loss_suite(name: str, suite: SuiteConfig, graphdef, params, tokenizer, data:
 
     cfg = dataclasses.replace(data, sources={name: SourceConfig(path=suite.path, format=suite.format,
                                                                 fields=dict(suite.fields))}, stages=[])
-    examples, stats = tokenize_source(name, 0, cfg, tokenizer, (jax.process_index(), jax.process_count()))
-    examples = _limited(examples, suite.limit)
+    examples, stats = tokenize_source(name, 0, cfg, tokenizer, (jax.process_index(), jax.process_count()),
+                                      limit=suite.limit)
     packed = list(pack(grain.MapDataset.source(examples).to_iter_dataset(), data.seq_len,
                        num_bins=data.packing_bins))
     packed += [_empty_row(data.seq_len)] * (-len(packed) % rows)

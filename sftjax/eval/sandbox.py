@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -316,11 +317,14 @@ def run_python(source: str, limits: Limits = Limits()) -> SandboxResult:
             nproc = len(_uid_processes(os.getuid())) + limits.max_procs
         with open(out / "stdout", "wb") as so, open(out / "stderr", "wb") as se:
             try:
-                proc = subprocess.Popen(
-                    cmd, cwd=work, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, stdin=subprocess.DEVNULL,
-                    stdout=so, stderr=se, start_new_session=True, close_fds=True,
-                    preexec_fn=_preexec(limits, cpu_s, nproc, [str(c / "cgroup.procs") for _, c in cgroups]),
-                )
+                with warnings.catch_warnings():
+                    # JAX warns on every fork; the child here only sets limits and execs, touching no JAX state
+                    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+                    proc = subprocess.Popen(
+                        cmd, cwd=work, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                        stdin=subprocess.DEVNULL, stdout=so, stderr=se, start_new_session=True, close_fds=True,
+                        preexec_fn=_preexec(limits, cpu_s, nproc, [str(c / "cgroup.procs") for _, c in cgroups]),
+                    )
             except (OSError, subprocess.SubprocessError) as e:
                 return SandboxResult("error", None, "", "", time.monotonic() - start, tuple(mechanisms),
                                      f"could not start sandbox: {e}")

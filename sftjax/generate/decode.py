@@ -7,7 +7,10 @@ tokens) and masked out of the cache afterwards; positions count from 0 at each r
 computes what it would compute alone.
 
 Decoding is a lax.while_loop (no Python per token) that stops once every row has produced an EOS or the token budget
-is spent. Finished rows keep computing, since the batch shape is static, but record ``pad_id``. Shapes are bucketed
+is spent. The loop keeps its own head-major copy of the cache ([batch, kv_heads, slots, head_dim] per layer, taken from
+the prefill's cache once): the per-token attention is then two plain batched matmuls over (batch, kv_heads), where the
+model's slot-major cache would make XLA transpose every layer's whole cache on every step. An unrolled model carries
+one such array per layer, so each step updates it in place; a scanned one carries them stacked through the scan. Finished rows keep computing, since the batch shape is static, but record ``pad_id``. Shapes are bucketed
 (P to the attention block or a multiple of it, the budget to a multiple of 32) so that similar requests reuse one
 compiled program; the exact ``max_new_tokens`` is a traced loop bound.
 """
@@ -24,11 +27,14 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from sftjax.generate import sampling
-from sftjax.model.llama import Llama, init_cache
-from sftjax.parallel.rules import activation_mesh
+from sftjax.model.llama import Llama, compute_dtype, init_cache
+from sftjax.model.rope import inverse_frequencies, rope_tables
+from sftjax.parallel.rules import activation_mesh, constrain
 
 _PROMPT_MULTIPLE = 16
 _BUDGET_MULTIPLE = 32
+_NEG = -1e30  # finite "minus infinity", as in the training kernels
+_LAYER_CACHE_AXES = ("act_batch", "act_kv_heads", "act_length", None)
 
 
 def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, eos_ids: Iterable[int] = (),
@@ -111,7 +117,8 @@ def _generate_padded(params, ids, start, eos, limit, pad_id, temperature, top_p,
         slots = jnp.arange(width)
         real = slots[None] >= start[:, None]
         positions = jnp.where(real, slots - start[:, None], slots)  # padding counts on in its own segment 0
-        logits, cache = model.prefill(ids, real.astype(jnp.int32), positions, init_cache(model.cfg, b, width + budget))
+        logits, cache = model.prefill(ids, real.astype(jnp.int32), positions, init_cache(model.cfg, b, width))
+        cache = _head_major(cache, budget, model.cfg.scan_layers)
 
         def pick(logits, i):
             if greedy:
@@ -138,10 +145,73 @@ def _generate_padded(params, ids, start, eos, limit, pad_id, temperature, top_p,
             i, tok, cache, out, lengths, done = state
             slot = width + i - 1  # where the previous token goes; it sits at position prompt_len + i - 1
             mask = (cache_slots[None] >= start[:, None]) & (cache_slots[None] <= slot)
-            logits, cache = model.decode(tok[:, None], (prompt_len + i - 1)[:, None], cache, slot, mask[:, None])
+            logits, cache = _decode_step(model, tok, prompt_len + i - 1, cache, slot, mask)
             tok = pick(logits, i)
             out, lengths, done = record(out, lengths, done, i, tok)
             return i + 1, tok, cache, out, lengths, done
 
         steps, _, _, out, lengths, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, cache, out, lengths, done))
         return out, lengths, steps
+
+
+def _head_major(cache, budget: int, stacked: bool):
+    """The prefill's KVCache ([layers, b, P, kv, hd] each) -> the decode loop's (k, v): [layers, b, kv, P + budget, hd]
+    each when ``stacked`` (scanned layers), else tuples of per-layer [b, kv, P + budget, hd]; slots >= P are zero."""
+    def convert(x):
+        x = jnp.pad(jnp.swapaxes(x, 2, 3), ((0, 0), (0, 0), (0, 0), (0, budget), (0, 0)))
+        if stacked:
+            return constrain(x, ("layers", *_LAYER_CACHE_AXES))
+        return tuple(constrain(x[layer], _LAYER_CACHE_AXES) for layer in range(x.shape[0]))
+
+    return convert(cache.k), convert(cache.v)
+
+
+def _decode_step(model: Llama, tok, positions, cache, slot, mask):
+    """One new token per row: tok [b] at ``positions`` [b], written to cache slot ``slot``; ``mask`` [b, slots] holds
+    the slots each row may see. Returns (next-token logits [b, vocab], cache). The same computation as
+    ``model.decode`` (the blocks' own projections, MLP and norms) on the head-major cache of :func:`_head_major`."""
+    cfg = model.cfg
+    dt = compute_dtype(cfg.dtype)
+    x = constrain(jnp.take(model.embed[...], tok[:, None], axis=0).astype(dt), ("act_batch", "act_length", "act_embed"))
+    cos, sin = rope_tables(positions[:, None],
+                           inverse_frequencies(cfg.resolved_head_dim, cfg.rope_theta, cfg.rope_scaling))
+    valid = mask[:, None, None, :]  # against scores [b, kv, group, slots]
+
+    def block_step(block, x, k_cache, v_cache):
+        q, k, v = block.attn.project(block.input_norm(x), cos, sin)  # q [b, 1, heads, hd], k/v [b, 1, kv, hd]
+        at = (jnp.int32(0), jnp.int32(0), jnp.asarray(slot, jnp.int32), jnp.int32(0))
+        k_cache = jax.lax.dynamic_update_slice(k_cache, jnp.swapaxes(k, 1, 2).astype(k_cache.dtype), at)
+        v_cache = jax.lax.dynamic_update_slice(v_cache, jnp.swapaxes(v, 1, 2).astype(v_cache.dtype), at)
+        b, _, h, d = q.shape
+        kv = k_cache.shape[1]
+        qg = q.reshape(b, kv, h // kv, d)  # head = kv_head * group + g, as in the training kernels
+        scores = jnp.einsum("bkgd,bktd->bkgt", qg, k_cache, preferred_element_type=jnp.float32) / float(d) ** 0.5
+        probs = jnp.where(valid, jax.nn.softmax(jnp.where(valid, scores, _NEG), axis=-1), 0.0)
+        out = jnp.einsum("bkgt,bktd->bkgd", probs.astype(v_cache.dtype), v_cache, preferred_element_type=jnp.float32)
+        x = x + block.attn.output(out.reshape(b, 1, h, d).astype(q.dtype))
+        x = x + block.mlp(block.post_attn_norm(x))
+        return (constrain(x, ("act_batch", "act_length", "act_embed")), constrain(k_cache, _LAYER_CACHE_AXES),
+                constrain(v_cache, _LAYER_CACHE_AXES))
+
+    k_all, v_all = cache
+    if cfg.scan_layers:
+        graphdef, stacked = nnx.split(model.layers)
+
+        def body(carry, xs):
+            (h, k_all, v_all), (params, layer) = carry, xs
+            k_cache = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
+            v_cache = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
+            h, k_cache, v_cache = block_step(nnx.merge(graphdef, params), h, k_cache, v_cache)
+            k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_cache, layer, 0)
+            v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_cache, layer, 0)
+            return (h, k_all, v_all), None
+
+        (x, k_all, v_all), _ = jax.lax.scan(body, (x, k_all, v_all), (stacked, jnp.arange(cfg.num_layers)))
+    else:
+        k_all, v_all = list(k_all), list(v_all)
+        for layer, block in enumerate(model.layers):
+            x, k_all[layer], v_all[layer] = block_step(block, x, k_all[layer], v_all[layer])
+        k_all, v_all = tuple(k_all), tuple(v_all)
+    x = model.final_norm(x[:, -1])
+    logits = constrain(x @ model.head_kernel().astype(x.dtype), ("act_batch", "act_vocab"))
+    return logits, (k_all, v_all)
