@@ -281,6 +281,7 @@ class StrategyConfig:
     general: list[str] = field(default_factory=list)
     order: list[str] = field(default_factory=list)  # sequential: the source order (default specialized, general)
     epochs: float = 3.0  # per stage
+    amount: str = "1"  # the data amount of every source without its own entry in amounts (a sweep axis)
     amounts: dict[str, str] = field(default_factory=dict)  # source -> data amount (1, 1/4, ... or a count)
     k: str = "1/256"  # dmt: the share of each specialized source's amount that joins the general stage
 
@@ -462,6 +463,14 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Guards for `sftjax-train -m` (sftjax.sweep): the grid is counted before anything launches."""
+
+    max_jobs: int = 64
+    confirm: bool = False  # launch a grid larger than max_jobs
+
+
+@dataclass
 class Config:
     run_dir: str = "???"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -471,6 +480,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def apply_strategy(self) -> None:
         """strategy.name != none writes data.stages (once, when the config is composed); they are then checked
@@ -622,6 +632,9 @@ def to_model_config(values: dict) -> ModelConfig:
     return obj
 
 
+PRESET_GROUPS = ("experiment", "scale", "size")
+
+
 def check_override_keys(overrides: list[str], schema: type = Config) -> None:
     """Reject a misspelled override before Hydra composes, naming the closest valid key.
 
@@ -635,6 +648,8 @@ def check_override_keys(overrides: list[str], schema: type = Config) -> None:
         if "=" not in arg or arg.startswith(("-", "+", "~", "hydra")):
             continue
         key = arg.split("=", 1)[0]
+        if key in PRESET_GROUPS:
+            continue  # a config group that only selects presets (conf/experiment, conf/scale, conf/size)
         node: Any = schema
         done: list[str] = []
         for part in key.split("."):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from sftjax.cli import config_errors
-from sftjax.config import check_override_keys, register_configs, to_config
+from sftjax.config import ConfigError, check_override_keys, register_configs, to_config
 from sftjax.train.run_dir import check_run_dir
 
 log = logging.getLogger("sftjax")
@@ -19,21 +20,39 @@ logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax narrates every save
 register_configs()
 
 
+class JobFailed(RuntimeError):
+    """A sweep job's failure: raised (not sys.exit) so that Hydra records it and the sweep's other jobs still run."""
+
+
+def _exit(code: int, message: str, multirun: bool) -> None:
+    print(f"sftjax-train: {message}", file=sys.stderr)
+    if multirun:
+        raise JobFailed(message)
+    sys.exit(code)
+
+
 @hydra.main(version_base=None, config_path="pkg://sftjax.conf", config_name="config")
 def _main(dcfg: DictConfig) -> None:
-    with config_errors("sftjax-train"):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun:  # each job of a sweep trains in its own directory, SWEEP_DIR/<its overrides>
+        dcfg.run_dir = HydraConfig.get().runtime.output_dir
+    try:
         cfg = to_config(dcfg)
+    except ConfigError as e:
+        _exit(2, f"invalid config: {e}", multirun)
     from sftjax.train.loop import Preempted, TrainingDiverged, train  # heavy imports once the config is valid
 
     try:
-        with config_errors("sftjax-train"):
-            summary = train(cfg, log=log.info)
+        summary = train(cfg, log=log.info)
+    except ConfigError as e:
+        _exit(2, f"invalid config: {e}", multirun)
     except TrainingDiverged as e:
-        print(f"sftjax-train: training diverged: {e}", file=sys.stderr)
-        sys.exit(3)
+        _exit(3, f"training diverged: {e}", multirun)
     except Preempted as e:
-        print(f"sftjax-train: stopped by {e}", file=sys.stderr)
-        sys.exit(128 + e.signum)
+        _exit(128 + e.signum, f"stopped by {e}", multirun)
     first, last = summary["first_log"], summary["last_log"]
     losses = ", ".join(
         f"{k[5:]} {first[k]:.3f} -> {last[k]:.3f}" for k in last if k.startswith("loss/") and k in first
@@ -46,6 +65,54 @@ def _main(dcfg: DictConfig) -> None:
     )
 
 
+def check_sweep(argv: list[str]) -> None:
+    """Count a multirun's grid (the preset's hydra.sweeper.params and the command line) against sweep.max_jobs."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sftjax.sweep import check_sweep_size, count_jobs
+
+    overrides, config_dir, i = [], None, 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            config_dir, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config-dir="):
+            config_dir = arg.split("=", 1)[1]
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+        i += 1
+    plain = [o for o in overrides if not _is_sweep(o)]  # compose one point of the grid to read the preset
+    if config_dir:
+        plain.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+    from hydra.errors import HydraException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="sftjax.conf", version_base=None):
+            composed = compose(config_name="config", overrides=plain, return_hydra_config=True)
+    except HydraException as e:  # e.g. an unknown preset: Hydra's message lists the available ones
+        raise ConfigError(str(e)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    params = dict(composed.hydra.sweeper.get("params") or {})
+    check_override_keys([f"{k}={v}" for k, v in params.items()])  # a preset's sweep axes are config keys too
+    n_jobs, axes = count_jobs(overrides, params)
+    check_sweep_size(n_jobs, axes, int(composed.sweep.max_jobs), bool(composed.sweep.confirm))
+    grid = " x ".join(f"{k} ({n})" for k, n in axes.items()) or "no sweep axes"
+    print(f"sftjax-train: sweep of {n_jobs} job(s): {grid}", file=sys.stderr)
+
+
+def _is_sweep(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides([override])[0].is_sweep_override()
+    except Exception:
+        return False
+
+
 def main() -> None:
     argv = sys.argv[1:]
     with config_errors("sftjax-train"):
@@ -54,6 +121,8 @@ def main() -> None:
         for arg in argv:
             if arg.startswith("run_dir="):
                 check_run_dir(arg.split("=", 1)[1])
+        if "-m" in argv or "--multirun" in argv:
+            check_sweep(argv)
     _main()
 
 

@@ -6,7 +6,8 @@ mixed_sequential  the specialized sources mixed, then the general ones
 dmt               dual-stage mixed fine-tuning: the specialized sources mixed, then the general sources plus a
                   fraction ``k`` of each specialized source's amount (k=1/256 in the paper's best setting)
 
-``amounts`` gives a source's data amount (the paper's 1, 1/4, ... 1/256 axis); every stage runs ``epochs``.
+``amounts`` gives a source's data amount (the paper's 1, 1/4, ... 1/256 axis), ``amount`` that of every other
+source; every stage runs ``epochs``.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def strategy_stages(s: StrategyConfig, data: DataConfig) -> list[StageConfig]:
     def mix(names, scale: Fraction | None = None) -> dict[str, MixConfig]:
         out = {}
         for n in names:
-            amount = str(s.amounts.get(n, "1"))
+            amount = str(s.amounts.get(n, s.amount))
             out[n] = MixConfig(amount=_scaled(amount, scale, f"strategy.amounts.{n}") if scale else amount)
         return out
 

@@ -45,7 +45,7 @@ RESUMABLE_CHANGES = ("run_dir", "train.max_steps", "train.log_every", "train.sav
                      "train.keep_best", "train.best_metric", "train.best_mode", "train.async_checkpointing",
                      "train.export_hf", "train.export_dtype", "train.peak_flops_per_device", "train.progress",
                      "train.tensorboard", "mesh.", "model.attention", "model.attention_block", "model.remat",
-                     "model.init_from", "eval.")  # what is evaluated never changes what is trained
+                     "model.init_from", "eval.", "sweep.")  # what is evaluated never changes what is trained
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
