@@ -26,7 +26,7 @@ demo: $(STAMP)
 		train.global_batch_size=4 train.log_every=4 optim.lr=3e-4 train.export_hf=true
 	@echo "== SmolLM2-135M-Instruct before and after fine-tuning (runs/demo/eval/before_after.json) =="
 	$(BIN)/sftjax-eval 'models=[embedded:smollm2-135m-instruct,runs/demo]' model.scan_layers=true eval=demo \
-		eval.output=runs/demo/eval/before_after.json
+		data.seq_len=512 eval.output=runs/demo/eval/before_after.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -177,21 +177,31 @@ def _decode_step(model: Llama, tok, positions, cache, slot, mask):
                            inverse_frequencies(cfg.resolved_head_dim, cfg.rope_theta, cfg.rope_scaling))
     valid = mask[:, None, None, :]  # against scores [b, kv, group, slots]
 
-    def block_step(block, x, k_cache, v_cache):
+    def block_step(block, x, k_cache, v_cache, layer=None):
+        """``layer`` None: k_cache/v_cache are this layer's [b, kv, slots, hd]; else the stacked [layers, ...] ones,
+        written at that layer (only the new slot moves) and read from it."""
         q, k, v = block.attn.project(block.input_norm(x), cos, sin)  # q [b, 1, heads, hd], k/v [b, 1, kv, hd]
+        k, v = jnp.swapaxes(k, 1, 2).astype(k_cache.dtype), jnp.swapaxes(v, 1, 2).astype(v_cache.dtype)
         at = (jnp.int32(0), jnp.int32(0), jnp.asarray(slot, jnp.int32), jnp.int32(0))
-        k_cache = jax.lax.dynamic_update_slice(k_cache, jnp.swapaxes(k, 1, 2).astype(k_cache.dtype), at)
-        v_cache = jax.lax.dynamic_update_slice(v_cache, jnp.swapaxes(v, 1, 2).astype(v_cache.dtype), at)
+        if layer is None:
+            k_cache = constrain(jax.lax.dynamic_update_slice(k_cache, k, at), _LAYER_CACHE_AXES)
+            v_cache = constrain(jax.lax.dynamic_update_slice(v_cache, v, at), _LAYER_CACHE_AXES)
+            k_layer, v_layer = k_cache, v_cache
+        else:
+            at = (layer, *at)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k[None], at)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v[None], at)
+            k_layer = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)
+            v_layer = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)
         b, _, h, d = q.shape
-        kv = k_cache.shape[1]
+        kv = k_layer.shape[1]
         qg = q.reshape(b, kv, h // kv, d)  # head = kv_head * group + g, as in the training kernels
-        scores = jnp.einsum("bkgd,bktd->bkgt", qg, k_cache, preferred_element_type=jnp.float32) / float(d) ** 0.5
+        scores = jnp.einsum("bkgd,bktd->bkgt", qg, k_layer, preferred_element_type=jnp.float32) / float(d) ** 0.5
         probs = jnp.where(valid, jax.nn.softmax(jnp.where(valid, scores, _NEG), axis=-1), 0.0)
-        out = jnp.einsum("bkgt,bktd->bkgd", probs.astype(v_cache.dtype), v_cache, preferred_element_type=jnp.float32)
+        out = jnp.einsum("bkgt,bktd->bkgd", probs.astype(v_layer.dtype), v_layer, preferred_element_type=jnp.float32)
         x = x + block.attn.output(out.reshape(b, 1, h, d).astype(q.dtype))
         x = x + block.mlp(block.post_attn_norm(x))
-        return (constrain(x, ("act_batch", "act_length", "act_embed")), constrain(k_cache, _LAYER_CACHE_AXES),
-                constrain(v_cache, _LAYER_CACHE_AXES))
+        return constrain(x, ("act_batch", "act_length", "act_embed")), k_cache, v_cache
 
     k_all, v_all = cache
     if cfg.scan_layers:
@@ -199,14 +209,10 @@ def _decode_step(model: Llama, tok, positions, cache, slot, mask):
 
         def body(carry, xs):
             (h, k_all, v_all), (params, layer) = carry, xs
-            k_cache = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False)
-            v_cache = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False)
-            h, k_cache, v_cache = block_step(nnx.merge(graphdef, params), h, k_cache, v_cache)
-            k_all = jax.lax.dynamic_update_index_in_dim(k_all, k_cache, layer, 0)
-            v_all = jax.lax.dynamic_update_index_in_dim(v_all, v_cache, layer, 0)
-            return (h, k_all, v_all), None
+            return block_step(nnx.merge(graphdef, params), h, k_all, v_all, layer), None
 
         (x, k_all, v_all), _ = jax.lax.scan(body, (x, k_all, v_all), (stacked, jnp.arange(cfg.num_layers)))
+        k_all, v_all = (constrain(c, ("layers", *_LAYER_CACHE_AXES)) for c in (k_all, v_all))
     else:
         k_all, v_all = list(k_all), list(v_all)
         for layer, block in enumerate(model.layers):
