@@ -1,0 +1,67 @@
+"""The markdown report: what was read, one table row per run, then the plots (or why each was not drawn)."""
+
+from __future__ import annotations
+
+from sftjax.report.collect import Collection, Run, fmt_value, headline_metrics
+from sftjax.report.plots import Plot
+
+COORD_HEADERS = {"model": "model", "init_from": "init from", "strategy": "strategy", "k": "k", "epochs": "epochs",
+                 "seed": "seed"}
+
+
+def _cell(v) -> str:
+    return fmt_value(v).replace("|", "\\|").replace("\n", " ")
+
+
+def eval_columns(runs: list[Run]) -> list[str]:
+    """"SUITE/METRIC" of every headline metric in the runs' final evaluations, in order of appearance."""
+    cols: list[str] = []
+    for r in runs:
+        for suite, s in r.final_eval.items():
+            cols += [f"{suite}/{m}" for m in headline_metrics(s["kind"], s["metrics"]) if f"{suite}/{m}" not in cols]
+    return cols
+
+
+def table(col: Collection) -> str:
+    """One row per run: its label, coordinates, length, final training loss and final evaluation."""
+    coords = col.coordinate_keys()
+    evals = eval_columns(col.runs)
+    header = (["run"] + [COORD_HEADERS.get(k, k.replace("amount/", "amount ")) for k in coords]
+              + ["steps", "tokens", "train loss", "eval step"] + evals + ["directory"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in col.runs:
+        final = r.final
+        scalars = r.final_eval
+        cells = ([r.label] + [r.coords.get(k) for k in coords]
+                 + [final.get("step"), final.get("tokens"), final.get("loss"), r.final_eval_step]
+                 + [scalars.get(c.split("/", 1)[0], {}).get("metrics", {}).get(c.split("/", 1)[1]) for c in evals]
+                 + [f"`{r.name}`"])
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def render(col: Collection, plots: list[Plot], title: str = "sftjax report") -> str:
+    out = [f"# {title}", "",
+           f"{col.summary()}, from {', '.join(f'`{d}`' for d in col.roots)}.", ""]
+    for s in col.sweeps:
+        line = f"- sweep `{s['dir']}`: " + ("; ".join(f"`{o}`" for o in s["swept"]) or "swept keys not recorded")
+        if s.get("jobs"):
+            line += f" ({len(s['jobs'])} jobs: " + ", ".join(f"{n} {st}" for st, n in s["counts"].items() if n) + ")"
+        out.append(line)
+    if col.sweeps:
+        out.append("")
+    out += ["## Runs", "",
+            "Coordinates come from each run's `.hydra/config.yaml` (amounts: each source's share of its data in the "
+            "first stage that mixes it; k: dmt's share in its general stage); train loss is the last line of "
+            "`metrics.jsonl` (nats/token); the evaluation columns are the last `eval/step_N.json` (fractions, 0-1, "
+            "except loss).", "", table(col), ""]
+    out += ["## Plots", ""]
+    for p in plots:
+        out += [f"### {p.name}", "", p.caption, ""]
+        if p.file:
+            out += [f"![{p.name}]({p.file})", ""]
+    if col.skipped:
+        out += ["## Skipped", ""] + [f"- `{d}`: {why}" for d, why in col.skipped] + [""]
+    if col.warnings:
+        out += ["## Warnings", ""] + [f"- {w}" for w in col.warnings] + [""]
+    return "\n".join(out)

@@ -1,0 +1,452 @@
+"""PNG plots of a Collection of runs (matplotlib, Agg backend: no display needed).
+
+Each plot is drawn only when the runs vary along its axis; otherwise it is listed as not drawn, with the reason:
+
+ability_vs_amount.png               each ability (math/code/knowledge/judge metric) vs the data amount of the source(s)
+                                    whose amount varies (log2 x, labelled 1, 1/4, ... 1/256); one line per source and
+                                    setting of the other coordinates (strategy, model, ...); seeds averaged
+strategy_comparison.png             one group of bars per ability, one bar per strategy (and k), one panel per setting
+dmt_k.png                           each ability vs dmt's k (log2 x); mixed_sequential runs of the same setting as
+                                    dashed reference lines (k = 0: no specialized data in the second stage)
+score_vs_epoch.png / score_vs_step.png
+                                    every evaluation of a run over training (epochs when they are known for every
+                                    run, else steps), abilities and validation losses
+memorization_vs_generalization.png  knowledge suites: accuracy on the trained questions vs the other splits, per run
+train_loss_per_source.png           training loss (overall and per source) over steps, one line per run
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
+
+from sftjax.report.collect import Collection, Run, ability_metrics, fmt_value, sort_value  # noqa: E402
+
+DPI = 100
+MAX_PANELS = 9
+MAX_SETTINGS = 6
+SPLIT_ORDER = ("memorization", "rephrased", "date_changed", "yes_no", "comparison", "generalization")
+
+
+@dataclass
+class Plot:
+    name: str  # what it shows, as a section title
+    file: str | None  # PNG file name inside the output directory; None when not drawn
+    caption: str  # how to read it, or why it was not drawn
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------
+
+
+def unit(kind: str, metric: str) -> str:
+    """The y-axis label of a metric, with its unit."""
+    if metric == "loss" or kind == "loss":
+        return "loss (nats/token)"
+    if metric.startswith("pass@"):
+        return f"{metric} (fraction of tasks)"
+    if kind == "judge":
+        return "rubric score (normalized, 0-1)"
+    if kind in ("math", "knowledge") or metric in ("accuracy", "memorization", "generalization"):
+        return "accuracy (fraction correct)"
+    return metric
+
+
+def _value(run: Run, suite: str, metric: str, step: int | None = None) -> float:
+    suites = run.final_eval if step is None else run.evals.get(step, {})
+    v = suites.get(suite, {}).get("metrics", {}).get(metric)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+
+
+def _mean(values: list[float]) -> tuple[float, float, float]:
+    """Mean, min and max of the finite values (nan when none)."""
+    ok = [v for v in values if math.isfinite(v)]
+    if not ok:
+        return math.nan, math.nan, math.nan
+    return sum(ok) / len(ok), min(ok), max(ok)
+
+
+def ability_keys(runs: list[Run]) -> list[tuple[str, str, str]]:
+    """(suite, metric, kind) of every ability in the runs' final evaluations, in order of appearance."""
+    out: list[tuple[str, str, str]] = []
+    for r in runs:
+        for suite, s in r.final_eval.items():
+            out += [(suite, m, s["kind"]) for m in ability_metrics(s["kind"], s["metrics"])
+                    if (suite, m, s["kind"]) not in out and math.isfinite(_value(r, suite, m))]
+    return out
+
+
+def _figure(n: int, title: str, width: float = 4.6, height: float = 3.4):
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.9), squeeze=False,
+                             layout="constrained")
+    fig.suptitle(title, fontsize=12)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _save(fig, axes, out: Path, name: str) -> str:
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels and not lab.startswith("_"):
+                handles.append(h)
+                labels.append(lab)
+    if labels:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=8,
+                   frameon=False)
+    fig.savefig(out / name, dpi=DPI)
+    plt.close(fig)
+    return name
+
+
+def _amount_axis(ax, xs: list, what: str) -> None:
+    """A log2 x axis over data amounts, ticks labelled as the fractions (or counts) themselves."""
+    values = sorted({x for x in xs if x is not None}, key=float)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([float(v) for v in values])
+    ax.set_xticklabels([fmt_value(v) for v in values], fontsize=8)
+    ax.xaxis.set_minor_locator(NullLocator())
+    fractions = all(isinstance(v, Fraction) for v in values)
+    ax.set_xlabel(f"fraction of the {what} data used (log2 scale)" if fractions
+                  else f"{what} amount (fraction of the source, or examples; log2 scale)")
+
+
+def _setting_label(keys: list[str], setting: tuple, varying: set[str]) -> str:
+    parts = []
+    for k, v in zip(keys, setting):
+        if k in varying and v is not None:
+            parts.append(str(v) if k == "strategy" else f"{k.removeprefix('amount/')}={fmt_value(v)}")
+    return ", ".join(parts)
+
+
+def _settings(runs: list[Run], keys: list[str]) -> dict[tuple, list[Run]]:
+    out: dict[tuple, list[Run]] = {}
+    for r in runs:
+        out.setdefault(tuple(r.coords.get(k) for k in keys), []).append(r)
+    return dict(sorted(out.items(), key=lambda kv: [sort_value(v) for v in kv[0]]))
+
+
+def _varying(groups, keys: list[str]) -> set[str]:
+    return {k for i, k in enumerate(keys) if len({g[i] for g in groups}) > 1}
+
+
+def _usual(values: list):
+    """The most common value (the largest among equally common ones): a sweep's reference point."""
+    counts: dict = {}
+    for v in values:
+        if v is not None:
+            counts[v] = counts.get(v, 0) + 1
+    return max(counts, key=lambda v: (counts[v], float(v))) if counts else None
+
+
+def _not_drawn(name: str, why: str) -> Plot:
+    return Plot(name, None, f"Not drawn: {why}.")
+
+
+# -- (1) ability vs data amount --------------------------------------------------------------------------------------
+
+
+def plot_ability_vs_amount(col: Collection, out: Path) -> Plot:
+    name = "Ability vs data amount"
+    runs = [r for r in col.runs if r.final_eval]
+    keys = col.coordinate_keys()
+    amounts = [k for k in keys if k.startswith("amount/")
+               and len({r.coords.get(k) for r in runs if r.coords.get(k) is not None}) > 1]
+    if not amounts:
+        return _not_drawn(name, "the evaluated runs all use the same data amount of every source")
+    metrics = ability_keys(runs)
+    if not metrics:
+        return _not_drawn(name, "no run has a math, code, knowledge or judge evaluation")
+    # sources scaled together (the same amount in every run) share one axis
+    groups: list[list[str]] = []
+    for k in amounts:
+        for g in groups:
+            if all(r.coords.get(k) == r.coords.get(g[0]) for r in runs):
+                g.append(k)
+                break
+        else:
+            groups.append([k])
+    # A one-at-a-time design (each run moves at most one source off its usual amount) draws each source's line
+    # through the runs that keep the others at their usual amount; a grid draws one line per other amount.
+    usual = {g[0]: _usual([r.coords.get(g[0]) for r in runs]) for g in groups}
+    one_at_a_time = len(groups) > 1 and all(
+        sum(r.coords.get(g[0]) != usual[g[0]] for g in groups) <= 1 for r in runs)
+    lines = []  # (label, [(x, runs)])
+    for g in groups:
+        what = "+".join(k.removeprefix("amount/") for k in g)
+        others = [k for k in keys if k not in g and k != "seed"]
+        members = [r for r in runs if r.coords.get(g[0]) is not None]
+        if one_at_a_time:
+            others = [k for k in others if not k.startswith("amount/")]
+            members = [r for r in members if all(r.coords.get(h[0]) == usual[h[0]] for h in groups if h != g)]
+        settings = _settings(members, others)
+        varying = _varying(list(settings), others)
+        for setting, group_runs in settings.items():
+            label = _setting_label(others, setting, varying)
+            if len(groups) > 1:
+                label = f"{what}: {label}" if label else what
+            by_x: dict = {}
+            for r in group_runs:
+                by_x.setdefault(r.coords[g[0]], []).append(r)
+            lines.append((label or "all runs", sorted(by_x.items(), key=lambda kv: float(kv[0]))))
+    shown = metrics[:MAX_PANELS]
+    fig, axes = _figure(len(shown), "Ability vs amount of training data"
+                        + (f" ({'+'.join(k.removeprefix('amount/') for k in groups[0])})" if len(groups) == 1 else ""))
+    what = "+".join(k.removeprefix("amount/") for k in groups[0]) if len(groups) == 1 else "varied source's"
+    for ax, (suite, metric, kind) in zip(axes, shown):
+        for label, points in lines:
+            xs = [float(x) for x, _ in points]
+            stats = [_mean([_value(r, suite, metric) for r in rs]) for _, rs in points]
+            ys = [s[0] for s in stats]
+            err = [[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
+            ax.errorbar(xs, ys, yerr=err if any(s[1] != s[2] for s in stats if math.isfinite(s[0])) else None,
+                        marker="o", capsize=3, label=label)
+        _amount_axis(ax, [x for _, pts in lines for x, _ in pts], what)
+        ax.set_title(f"{suite}: {metric}", fontsize=10)
+        ax.set_ylabel(unit(kind, metric))
+        ax.grid(alpha=0.3)
+    file = _save(fig, axes, out, "ability_vs_amount.png")
+    seeds = " Points average the seeds of a setting; bars span their min-max." if len(col.varying("seed")) > 1 else ""
+    design = (" Each source's line holds the other sources at their usual amount ("
+              + ", ".join(f"{k.removeprefix('amount/')}={fmt_value(v)}" for k, v in usual.items()) + ")."
+              if one_at_a_time else "")
+    return Plot(name, file, "Final evaluation of each run against the fraction of a source's training data it used "
+                f"(log2 scale); one line per source and setting of the other coordinates.{design}{seeds}")
+
+
+# -- (2) strategy comparison -----------------------------------------------------------------------------------------
+
+
+def plot_strategy_comparison(col: Collection, out: Path) -> Plot:
+    name = "Strategy comparison"
+    runs = [r for r in col.runs if r.final_eval and r.coords.get("strategy")]
+    strategies = {r.coords["strategy"] for r in runs}
+    if len(strategies) < 2:
+        return _not_drawn(name, "the evaluated runs use fewer than two strategies")
+    metrics = ability_keys(runs)
+    if not metrics:
+        return _not_drawn(name, "no run has a math, code, knowledge or judge evaluation")
+    keys = [k for k in col.coordinate_keys() if k not in ("strategy", "k", "seed")]
+    settings = _settings(runs, keys)
+    varying = _varying(list(settings), keys)
+    cut = len(settings) > MAX_SETTINGS
+    settings = dict(list(settings.items())[:MAX_SETTINGS])
+    bars = sorted({(r.coords["strategy"], r.coords.get("k")) for r in runs}, key=lambda b: (b[0], sort_value(b[1])))
+    multi_k = len({b for b in bars if b[0] == "dmt"}) > 1
+
+    def bar_label(b):
+        return f"{b[0]} k={fmt_value(b[1])}" if multi_k and b[1] is not None else b[0]
+
+    colors = {b: f"C{i % 10}" for i, b in enumerate(bars)}
+    fig, axes = _figure(len(settings), "Strategy comparison (final evaluation)",
+                        width=max(4.6, 0.5 * len(metrics) * len(bars) + 1.5))
+    width = 0.8 / len(bars)
+    for ax, (setting, members) in zip(axes, settings.items()):
+        for j, b in enumerate(bars):
+            rs = [r for r in members if (r.coords["strategy"], r.coords.get("k")) == b]
+            if not rs:
+                continue
+            stats = [_mean([_value(r, s, m) for r in rs]) for s, m, _ in metrics]
+            xs = [i - 0.4 + width * (j + 0.5) for i in range(len(metrics))]
+            ax.bar(xs, [s[0] for s in stats], width, color=colors[b],  # nan: no bar (not evaluated)
+                   label=bar_label(b),
+                   yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]] if len(rs) > 1 else None,
+                   capsize=2)
+        ax.set_xticks(range(len(metrics)))
+        ax.set_xticklabels([f"{s}\n{m}" for s, m, _ in metrics], fontsize=8)
+        ax.set_ylabel("score (fraction, 0-1)")
+        ax.set_ylim(0, 1)
+        ax.set_title(_setting_label(keys, setting, varying) or "all runs", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    file = _save(fig, axes, out, "strategy_comparison.png")
+    return Plot(name, file, "Final evaluation per strategy: one group of bars per ability, one bar per strategy, one "
+                "panel per setting of the other coordinates (seeds averaged, bars span min-max)."
+                + (f" Only the first {MAX_SETTINGS} settings are drawn." if cut else ""))
+
+
+# -- (3) DMT k -------------------------------------------------------------------------------------------------------
+
+
+def plot_dmt_k(col: Collection, out: Path) -> Plot:
+    name = "DMT k curve"
+    runs = [r for r in col.runs if r.final_eval]
+    dmt = [r for r in runs if r.coords.get("strategy") == "dmt" and r.coords.get("k") is not None]
+    if len({r.coords["k"] for r in dmt}) < 2:
+        return _not_drawn(name, "fewer than two values of k among the evaluated dmt runs")
+    metrics = ability_keys(dmt)
+    if not metrics:
+        return _not_drawn(name, "no dmt run has a math, code, knowledge or judge evaluation")
+    keys = [k for k in col.coordinate_keys() if k not in ("strategy", "k", "seed")]
+    settings = _settings(dmt, keys)
+    baselines = _settings([r for r in runs if r.coords.get("strategy") == "mixed_sequential"], keys)
+    varying = _varying(list(settings), keys)
+    shown = metrics[:MAX_PANELS]
+    fig, axes = _figure(len(shown), "DMT: ability vs k (share of specialized data kept in the general stage)")
+    for ax, (suite, metric, kind) in zip(axes, shown):
+        for i, (setting, members) in enumerate(settings.items()):
+            label = _setting_label(keys, setting, varying)
+            by_k: dict = {}
+            for r in members:
+                by_k.setdefault(r.coords["k"], []).append(r)
+            ks = sorted(by_k, key=float)
+            ys = [_mean([_value(r, suite, metric) for r in by_k[k]])[0] for k in ks]
+            ax.plot([float(k) for k in ks], ys, marker="o", color=f"C{i % 10}",
+                    label=f"dmt{', ' + label if label else ''}")
+            if setting in baselines:
+                y = _mean([_value(r, suite, metric) for r in baselines[setting]])[0]
+                if math.isfinite(y):
+                    ax.axhline(y, color=f"C{i % 10}", linestyle="--", linewidth=1,
+                               label=f"mixed_sequential (k=0){', ' + label if label else ''}")
+        ax.set_xscale("log", base=2)
+        all_k = sorted({r.coords["k"] for r in dmt}, key=float)
+        ax.set_xticks([float(k) for k in all_k])
+        ax.set_xticklabels([fmt_value(k) for k in all_k], fontsize=8)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("k (fraction of each specialized source, log2 scale)")
+        ax.set_ylabel(unit(kind, metric))
+        ax.set_title(f"{suite}: {metric}", fontsize=10)
+        ax.grid(alpha=0.3)
+    file = _save(fig, axes, out, "dmt_k.png")
+    return Plot(name, file, "Final evaluation of dmt runs against k, the fraction of each specialized source's amount "
+                "mixed into the general stage; dashed lines are mixed_sequential runs of the same setting.")
+
+
+# -- (4) score over training -----------------------------------------------------------------------------------------
+
+
+def plot_score_vs_epoch(col: Collection, out: Path) -> Plot:
+    name = "Score over training"
+    runs = [r for r in col.runs if len(r.evals) >= 2]
+    if not runs:
+        return _not_drawn(name, "no run was evaluated at two or more steps")
+    keys: list[tuple[str, str, str]] = []
+    for r in runs:
+        for step in sorted(r.evals):
+            for suite, s in r.evals[step].items():
+                ms = ability_metrics(s["kind"], s["metrics"]) or (["loss"] if "loss" in s["metrics"] else [])
+                keys += [(suite, m, s["kind"]) for m in ms if (suite, m, s["kind"]) not in keys]
+    by_epoch = all(r.epoch_of(step) is not None for r in runs for step in r.evals)
+    shown = keys[:MAX_PANELS]
+    fig, axes = _figure(len(shown), "Evaluation over training" + (" (by epoch)" if by_epoch else " (by step)"))
+    for ax, (suite, metric, kind) in zip(axes, shown):
+        for i, r in enumerate(runs):
+            steps = sorted(s for s in r.evals if suite in r.evals[s])
+            xs = [r.epoch_of(s) if by_epoch else s for s in steps]
+            ax.plot(xs, [_value(r, suite, metric, s) for s in steps], marker="o", markersize=3, color=f"C{i % 10}",
+                    label=r.label)
+        if len(runs) == 1:
+            for stage, end in runs[0].stage_ends()[:-1]:
+                x = runs[0].epoch_of(end) if by_epoch else end
+                ax.axvline(x, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("epoch (cumulative over stages)" if by_epoch else "training step")
+        if not by_epoch:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(unit(kind, metric))
+        ax.set_title(f"{suite}: {metric}", fontsize=10)
+        ax.grid(alpha=0.3)
+    file = _save(fig, axes, out, "score_vs_epoch.png" if by_epoch else "score_vs_step.png")
+    return Plot(name, file, "Every evaluation of each run during training (eval/step_N.json), one line per run"
+                + ("" if by_epoch else "; by step, since the epochs of some evaluations are not known (a run capped "
+                   "by train.max_steps, or a stage given in steps)") + ".")
+
+
+# -- (5) memorization vs generalization ------------------------------------------------------------------------------
+
+
+def plot_memorization(col: Collection, out: Path) -> Plot:
+    name = "Memorization vs generalization"
+    suites: list[str] = []
+    for r in col.runs:
+        suites += [s for s, v in r.final_eval.items() if v["kind"] == "knowledge" and s not in suites]
+    if not suites:
+        return _not_drawn(name, "no run has a knowledge evaluation")
+    shown = suites[:MAX_PANELS]
+    many = max(len([r for r in col.runs if s in r.final_eval]) for s in shown) > 12
+    fig, axes = _figure(len(shown), "Knowledge: memorization vs generalization",
+                        width=4.6 if many else max(6.0, 1.0 * len(col.runs) + 2.0))
+    for ax, suite in zip(axes, shown):
+        runs = [r for r in col.runs if suite in r.final_eval]
+        if many:
+            for i, r in enumerate(runs):
+                ax.scatter(_value(r, suite, "memorization"), _value(r, suite, "generalization"), color=f"C{i % 10}",
+                           label=r.label)
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("memorization accuracy (fraction correct)")
+            ax.set_ylabel("generalization accuracy (fraction correct)")
+        else:
+            splits = [s for s in SPLIT_ORDER if any(s in r.final_eval[suite]["metrics"] for r in runs)]
+            width = 0.8 / max(len(splits), 1)
+            colors = {"memorization": "#1f4e99", "generalization": "#d9661f"}
+            for j, split in enumerate(splits):
+                ys = [_value(r, suite, split) for r in runs]
+                ax.bar([i - 0.4 + width * (j + 0.5) for i in range(len(runs))],
+                       ys, width,  # nan: no bar
+                       color=colors.get(split, f"C{(j + 1) % 10}"), alpha=1.0 if split in colors else 0.55,
+                       label=split if split != "generalization" else "generalization (all new questions)")
+            ax.set_xticks(range(len(runs)))
+            ax.set_xticklabels([r.label for r in runs], rotation=20, ha="right", fontsize=8)
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("accuracy (fraction correct)")
+            ax.set_xlabel("run")
+        ax.set_title(f"{suite}: trained questions (memorization) vs new ones", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    file = _save(fig, axes, out, "memorization_vs_generalization.png")
+    return Plot(name, file, "Knowledge suites at the final evaluation: accuracy on the trained questions verbatim "
+                "(memorization) vs on rephrased, date-changed, yes/no and comparison questions about the same facts "
+                "(generalization pools them)" + ("; one point per run, the dotted line is equality" if many else "")
+                + ".")
+
+
+# -- (6) training loss -----------------------------------------------------------------------------------------------
+
+
+def plot_train_loss(col: Collection, out: Path) -> Plot:
+    name = "Training loss per source"
+    runs = [r for r in col.runs if len(r.metrics) >= 2]
+    if not runs:
+        return _not_drawn(name, "no run logged two or more steps")
+    sources: list[str] = []
+    for r in runs:
+        sources += [s for s in r.sources_with_loss() if s not in sources]
+    panels = ["loss"] + [f"loss/{s}" for s in sources][: MAX_PANELS - 1]
+    fig, axes = _figure(len(panels), "Training loss per source")
+    for ax, key in zip(axes, panels):
+        for i, r in enumerate(runs):
+            pts = [(m["step"], m[key]) for m in r.metrics if isinstance(m.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), color=f"C{i % 10}", linewidth=1.2, label=r.label)
+        if len(runs) == 1:
+            for stage, end in runs[0].stage_ends()[:-1]:
+                ax.axvline(end, color="grey", linestyle=":", linewidth=1)
+        ax.set_title("all sources" if key == "loss" else f"source: {key[5:]}", fontsize=10)
+        ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("train loss (nats/token)")
+        ax.grid(alpha=0.3)
+    file = _save(fig, axes, out, "train_loss_per_source.png")
+    return Plot(name, file, "Token-weighted mean training loss of each logged step (metrics.jsonl loss and "
+                "loss/<source>), one line per run" + ("; dotted lines mark stage ends" if len(runs) == 1 else "")
+                + ".")
+
+
+PLOTS = (plot_ability_vs_amount, plot_strategy_comparison, plot_dmt_k, plot_score_vs_epoch, plot_memorization,
+         plot_train_loss)
+
+
+def make_plots(col: Collection, out: Path) -> list[Plot]:
+    """Every plot that the runs support, written into ``out``; the others come back with file=None and why."""
+    out.mkdir(parents=True, exist_ok=True)
+    return [fn(col, out) for fn in PLOTS]
