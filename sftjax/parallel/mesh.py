@@ -26,6 +26,12 @@ def initialize_distributed(cfg: MeshConfig) -> None:
         jax.distributed.initialize()
         return
     if num_processes <= 1:
+        tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+        if tasks > 1 and "SLURM_PROCID" in os.environ:
+            # srun started several tasks but none knows of the others: each would train alone into one run_dir
+            raise ConfigError(f"config key 'mesh.auto': this is task {os.environ['SLURM_PROCID']} of {tasks} SLURM "
+                              "tasks, but the run is configured for one process; set mesh.auto=true (or the "
+                              "SFTJAX_* variables, as launch/slurm.sbatch does)")
         return
     if not coordinator:
         raise ConfigError(
