@@ -203,19 +203,3 @@ def sdpa_attention(q, k, v, segment_ids, positions, *, causal=True):
     mask = _mask(segment_ids, positions, segment_ids, positions, causal)[:, None]
     impl = "cudnn" if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) else "xla"
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
-
-
-def cached_attention(q, k_cache, v_cache, mask):
-    """A few new queries (one per row when decoding) against a KV cache: q [b, s, heads, d], caches [b, max_len,
-    kv_heads, d], mask [b, s, max_len] of the slots each query may see.
-
-    Dense, because the score matrix is only [s, max_len] per head: tiling buys nothing for s = 1, and the mask (not
-    segment ids and positions) is what a left-padded, partly written cache needs.
-    """
-    b, s, h, d = q.shape
-    qg = _grouped(q, k_cache.shape[2])
-    scores = jnp.einsum("bqkgd,btkd->bkgqt", qg, k_cache, preferred_element_type=jnp.float32) / float(d) ** 0.5
-    valid = mask[:, None, None]  # [b, 1, 1, s, max_len] against scores [b, kv, g, s, max_len]
-    probs = jnp.where(valid, jax.nn.softmax(jnp.where(valid, scores, _NEG), axis=-1), 0.0)
-    out = jnp.einsum("bkgqt,btkd->bqkgd", probs.astype(v_cache.dtype), v_cache, preferred_element_type=jnp.float32)
-    return out.reshape(b, s, h, d).astype(q.dtype)

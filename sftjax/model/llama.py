@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sftjax.config import ModelConfig
-from sftjax.model.attention import attention, cached_attention
+from sftjax.model.attention import attention
 from sftjax.model.rope import apply_rope, inverse_frequencies, rope_tables
 from sftjax.parallel.rules import constrain
 
@@ -139,7 +139,8 @@ class Block(nnx.Module):
 
     def cached(self, x, cos, sin, cache: KVCache, layer, index, attend):
         """The block with its new keys/values written to ``cache`` at (layer, slots index..index+s) first, so that
-        ``attend(q, k, v, cache_k, cache_v)`` can look at either the fresh k/v (prefill) or the whole cache (decode)."""
+        ``attend(q, k, v, cache_k, cache_v)`` sees the fresh keys and values (the prefill; sftjax.generate decodes with its
+        own head-major cache)."""
         q, k, v = self.attn.project(self.input_norm(x), cos, sin)
         cache = cache.write(layer, index, k, v)
         cache_k = jax.lax.dynamic_index_in_dim(cache.k, layer, 0, keepdims=False)
@@ -162,8 +163,8 @@ def _run_block(graphdef, params, x, cos, sin, segment_ids, positions):
 
 class Llama(nnx.Module):
     """Decoder-only transformer. ``layers`` is an nnx.List of blocks, or one Block with stacked [layers, ...] params
-    when ``scan_layers`` (then the forward is a lax.scan over the stacked parameters). ``prefill``/``decode`` are the
-    KV-cache forward that sftjax.generate drives; they share the parameters and blocks with the training forward."""
+    when ``scan_layers`` (then the forward is a lax.scan over the stacked parameters). ``prefill`` is the
+    KV-cache prompt pass that sftjax.generate starts from; it shares the parameters and blocks with training."""
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -223,16 +224,6 @@ class Llama(nnx.Module):
             return attention(q, k, v, segment_ids, positions, causal=True, impl=impl, block=block)
 
         return self._cached_forward(input_ids, positions, cache, 0, attend)
-
-    def decode(self, input_ids, positions, cache: KVCache, index, mask):
-        """Append ``input_ids`` [b, s] at cache slots index..index+s-1 and attend over the cache; ``mask`` [b, s,
-        max_len] says which slots each new token may see (its row's written, non-padding slots up to itself).
-        Returns (last-slot logits [b, vocab], cache)."""
-
-        def attend(q, k, v, cache_k, cache_v):
-            return cached_attention(q, cache_k, cache_v, mask)
-
-        return self._cached_forward(input_ids, positions, cache, index, attend)
 
     def _cached_forward(self, input_ids, positions, cache: KVCache, index, attend):
         cfg = self.cfg
