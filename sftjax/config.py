@@ -602,6 +602,22 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="sftjax_eval_schema", node=EvalAppConfig)
     if not OmegaConf.has_resolver("fixture"):
         OmegaConf.register_new_resolver("fixture", lambda name: str(FIXTURE_DIR / name))
+    if not OmegaConf.has_resolver("job_dirname"):
+        OmegaConf.register_new_resolver("job_dirname", job_dirname)
+
+
+def job_dirname(override_dirname: str, limit: int = 160) -> str:
+    """A sweep job's directory name: its overrides, without those that do not change what is trained (eval.*,
+    progress and logging switches), shortened with a hash when a file name would get too long (Linux: 255 bytes)."""
+    import hashlib
+
+    quiet = ("eval.", "train.progress=", "train.tensorboard=", "train.log_every=")
+    kept = [o for o in override_dirname.split(",") if o and not o.startswith(quiet)]
+    name = ",".join(kept) or "default"
+    if len(name.encode()) > limit:
+        digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
+        name = name.encode()[: limit - 11].decode(errors="ignore") + "-" + digest
+    return name.replace("/", "_")
 
 
 def compose_config(overrides: list[str] = (), config_name: str = "config") -> Config:

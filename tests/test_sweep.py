@@ -4,6 +4,7 @@ manifest in which a failed job is recorded while the others still run."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -76,5 +77,64 @@ def test_sweep_manifest_records_a_failed_job_and_runs_the_rest(tmp_path):
     assert jobs["optim.lr=-1"]["status"] == "failed" and "optim.lr" in jobs["optim.lr=-1"]["error"]
     ok = jobs["optim.lr=0.001"]
     assert ok["status"] == "completed" and "optim.lr=0.001" in ok["run_dir"]
-    assert (tmp_path / "sweep" / ok["override_dirname"] / "metrics.jsonl").exists()  # its own run directory
+    assert (Path(ok["run_dir"]) / "metrics.jsonl").exists() and Path(ok["run_dir"]).parent == root
     assert "failed" in r.stdout + r.stderr and "the other jobs go on" in r.stdout + r.stderr
+
+
+# One grid point of each preset at scale=cpu, end to end on freshly prepared real data (a small share of it). The
+# model is the tiny one (model=tiny wins over size=cpu's SmolLM2) so the five runs fit in CI; dense attention
+# because byte-level rows of 2048 would otherwise make the blockwise kernel slow to compile. Evaluation runs at the
+# first stage's end with small suite limits (the Dong presets share eval=dong: exercised once).
+DONG_EVAL = ["eval.suites.math.limit=2", "eval.suites.math.max_new_tokens=8", "eval.suites.code.limit=1",
+             "eval.suites.code.max_new_tokens=8", "eval.suites.math_loss.limit=4", "eval.suites.code_loss.limit=4",
+             "eval.suites.general_loss.limit=4"]
+POINTS = {
+    "dong2023_strategies": ["strategy=dmt", *DONG_EVAL],
+    "dong2023_amounts": ["strategy.specialized=[math,general]", "strategy.amount=1/4", "eval.at_stage_end=false"],
+    "dong2023_dmt_k": ["strategy.k=1/16", "eval.at_stage_end=false"],
+    "zhang2023": ["data.stages.0.mix.general.weight=0.25", "eval.suites.math.limit=2",
+                  "eval.suites.math.max_new_tokens=8", "eval.suites.general_loss.limit=4", "eval.suites.rubric.limit=1",
+                  "eval.suites.rubric.max_new_tokens=8", "eval.suites.rubric.judge.max_new_tokens=8",
+                  "eval.suites.rubric.judge.retries=0"],
+    "finetunebench": ["data.sources.facts.format=masking", "eval.suites.knowledge.limit=10",
+                      "eval.suites.knowledge.max_new_tokens=8"],
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("presets")
+    r = subprocess.run([sys.executable, "-m", "sftjax.cli.data", "prepare", "--limit", "24", "--out",
+                        str(root / "data" / "prepared"), "--sources", "math,code,general,knowledge"],
+                       env=train_env(), cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return root
+
+
+@pytest.mark.parametrize("preset", POINTS)
+def test_preset_runs_end_to_end_at_cpu_scale(prepared, preset):
+    run_dir = prepared / "runs" / preset
+    r = run_train("-m", f"experiment={preset}", "scale=cpu", f"run_dir={run_dir}", "model=tiny",
+                  "model.attention=dense", "data.seq_len=2048", "train.max_steps=1", "train.progress=false",
+                  "train.tensorboard=false", *POINTS[preset], cwd=prepared)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["counts"] == {"completed": 1, "failed": 0, "running": 0}  # one grid point: one job
+    job = manifest["jobs"][0]
+    assert "size=cpu" in job["override_dirname"]  # scale=cpu put the job on the CPU size
+    out = Path(job["run_dir"])
+    assert "eval." not in out.name and len(out.name) <= 160
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 1
+    if "eval.at_stage_end=false" not in POINTS[preset]:
+        suites = json.loads((out / "eval" / "step_1.json").read_text())["suites"]
+        assert suites and all(s["metrics"] for s in suites.values())
+
+
+def test_job_dirname_drops_eval_keys_and_stays_short():
+    from sftjax.config import job_dirname
+
+    assert job_dirname("eval.suites.math.limit=2,size=cpu,strategy=dmt,train.progress=False") == "size=cpu,strategy=dmt"
+    long = ",".join(f"data.sources.s{i}.path=/some/long/path/{i}.jsonl" for i in range(20))
+    a, b = job_dirname(long), job_dirname(long + ",x=1")
+    assert len(a) <= 160 and a != b and "/" not in a  # distinct jobs keep distinct directories
+    assert job_dirname("") == "default"
