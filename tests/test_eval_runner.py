@@ -178,3 +178,21 @@ def test_knowledge_and_judge_suites_run_and_count_unparseable(tmp_path):
     me = out["suites"]["self"]["metrics"]
     assert me["unparseable"] == me["n"] == 1 and me["judged"] == 0 and me["score"] is None
     assert out["metrics"]["eval/mt/score"] == pytest.approx(6 / 9)
+
+
+def test_local_judge_models_load_once(evaluated_run):
+    """judge.init_from: a local judge model is loaded on first use and then reused (in training too, where every
+    evaluation of the run asks for it again)."""
+    import jax
+
+    from sftjax.eval.runner import JudgeModels
+    from sftjax.parallel.mesh import make_mesh
+    from tests.helpers import tiny_config
+
+    _, _, run_dir, _ = evaluated_run
+    logs = []
+    judges = JudgeModels(tiny_config().model, make_mesh((1, 1, 1), jax.devices()[:1]), EvalConfig(), "auto",
+                         logs.append)
+    first = judges(str(run_dir))
+    assert judges(str(run_dir)) is first and sum("init_from" in m for m in logs) == 1
+    assert first.complete([first.chat_prompt(["hi"])], max_new_tokens=2)[0] is not None

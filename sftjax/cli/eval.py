@@ -10,7 +10,6 @@ mesh apply as in training; data.template picks the chat template (auto: the toke
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -31,29 +30,21 @@ def run(app: EvalAppConfig, log=print) -> dict:
     import jax
 
     from sftjax.ckpt.init_from import load_model
-    from sftjax.eval.runner import run_suites
+    from sftjax.eval.runner import JudgeModels, run_suites
     from sftjax.parallel.mesh import initialize_distributed, make_mesh
 
     initialize_distributed(app.mesh)
     mesh = make_mesh(app.mesh.resolve(jax.device_count()))
     batch_rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    judges = JudgeModels(app.model, mesh, app.eval, app.data.template, log)  # shared by every model evaluated
     out = {}
     for spec in app.models or [app.model.init_from]:
         log(f"eval: {spec}")
         m = load_model(spec, app.model, mesh, log=log)
-
-        def judge_model(init_from: str):
-            from sftjax.eval.runner import Completer
-
-            j = load_model(init_from, app.model, mesh, log=log)
-            return Completer(j.graphdef, j.params, j.tokenizer, template=app.data.template,
-                             max_positions=j.cfg.max_position_embeddings, mesh=mesh,
-                             batch_size=app.eval.batch_size, seed=app.eval.seed, eos_ids=sorted(j.eos_ids))
-
         out[spec] = run_suites(app.eval, graphdef=m.graphdef, params=m.params, tokenizer=m.tokenizer, data=app.data,
                                mesh=mesh, max_positions=m.cfg.max_position_embeddings,
                                loss_rows=max(batch_rows, app.eval.batch_size // batch_rows * batch_rows),
-                               log=log, load_model=judge_model, eos_ids=sorted(m.eos_ids))
+                               log=log, judges=judges, eos_ids=sorted(m.eos_ids))
     return out
 
 
@@ -88,14 +79,11 @@ def _main(dcfg: DictConfig) -> None:
         app = to_config(dcfg, EvalAppConfig)
         results = run(app, log=lambda m: print(m, file=sys.stderr))
     if app.eval.output:
-        path = Path(app.eval.output)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from sftjax.train.loop import _json_default
+        from sftjax.eval.runner import write_json
 
-        path.write_text(json.dumps({"models": {k: v["suites"] for k, v in results.items()}}, indent=1,
-                                   default=_json_default))
-        print(f"sftjax-eval: wrote {path}", file=sys.stderr)
-    print(table({k: v for k, v in results.items()}))
+        write_json(Path(app.eval.output), {"models": {k: v["suites"] for k, v in results.items()}})
+        print(f"sftjax-eval: wrote {app.eval.output}", file=sys.stderr)
+    print(table(results))
 
 
 def main() -> None:

@@ -10,13 +10,15 @@ its scalar ``metrics`` (flat, for metrics.jsonl and TensorBoard) and its per-ite
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
 
-from sftjax.config import ConfigError, DataConfig, EvalConfig, SourceConfig, SuiteConfig
+from sftjax.config import ConfigError, DataConfig, EvalConfig, ModelConfig, SourceConfig, SuiteConfig
 
 CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")  # Codex paper's stop set
 
@@ -129,7 +131,7 @@ def knowledge_suite(suite: SuiteConfig, completer: Completer, judge_fn=None) -> 
     scored = knowledge.score(preds, items, scorer=suite.scorer, judge=judge_fn)
     metrics = {"accuracy": scored["accuracy"], "memorization": scored["memorization"],
                "generalization": scored["generalization"], "n": scored["n"], "unparseable": scored["n_unparseable"]}
-    metrics.update({f"{split}": v["accuracy"] for split, v in scored["per_split"].items()})
+    metrics.update({split: v["accuracy"] for split, v in scored["per_split"].items()})
     return {"metrics": metrics, "results": scored["results"]}
 
 
@@ -200,7 +202,27 @@ def _loss_fn(graphdef, mesh):
 # -- the runner ------------------------------------------------------------------------------------------------------
 
 
-def make_judge(suite: SuiteConfig, completer: Completer, load_model: Callable | None = None):
+class JudgeModels:
+    """Local judge models (``judge.init_from``), each loaded once and reused by every suite and every evaluation of
+    a run. ``runtime`` supplies the keys that do not change the weights (dtype, attention, ...)."""
+
+    def __init__(self, runtime: ModelConfig, mesh, eval_cfg: EvalConfig, template: str, log=print):
+        self.runtime, self.mesh, self.eval_cfg, self.template, self.log = runtime, mesh, eval_cfg, template, log
+        self._loaded: dict[str, Completer] = {}
+
+    def __call__(self, init_from: str) -> Completer:
+        if init_from not in self._loaded:
+            from sftjax.ckpt.init_from import load_model
+
+            m = load_model(init_from, self.runtime, self.mesh, log=self.log)
+            self._loaded[init_from] = Completer(
+                m.graphdef, m.params, m.tokenizer, template=self.template,
+                max_positions=m.cfg.max_position_embeddings, mesh=self.mesh, batch_size=self.eval_cfg.batch_size,
+                seed=self.eval_cfg.seed, eos_ids=sorted(m.eos_ids))
+        return self._loaded[init_from]
+
+
+def make_judge(suite: SuiteConfig, completer: Completer, judges: Callable[[str], Completer] | None = None):
     """The judge backend of a suite: an HTTP endpoint, a separate local model, or the model under evaluation."""
     from sftjax.eval import judge as rubric_judge
 
@@ -208,7 +230,9 @@ def make_judge(suite: SuiteConfig, completer: Completer, load_model: Callable | 
     if j.url:
         return rubric_judge.HttpJudge(j.url, j.model, api_key_env=j.api_key_env, timeout_s=j.timeout_s,
                                       retries=j.retries)
-    judge_completer = completer if not j.init_from else load_model(j.init_from)
+    if j.init_from and judges is None:
+        raise ConfigError("config key 'judge.init_from': no judge loader was given for a local judge model")
+    judge_completer = judges(j.init_from) if j.init_from else completer
 
     def chat(batch_of_messages):
         prompts = []
@@ -225,7 +249,8 @@ def make_judge(suite: SuiteConfig, completer: Completer, load_model: Callable | 
 
 
 def run_suites(eval_cfg: EvalConfig, *, graphdef, params, tokenizer, data: DataConfig, mesh, max_positions: int,
-               loss_rows: int, log=print, load_model: Callable | None = None, eos_ids: Sequence[int] = ()) -> dict:
+               loss_rows: int, log=print, judges: Callable[[str], Completer] | None = None,
+               eos_ids: Sequence[int] = ()) -> dict:
     """Every configured suite on one model: {"suites": {name: {"kind", "metrics", "results", "seconds"}},
     "metrics": {"eval/NAME/METRIC": value}} (the flat scalars go to metrics.jsonl and TensorBoard)."""
     completer = Completer(graphdef, params, tokenizer, template=data.template, max_positions=max_positions,
@@ -243,10 +268,10 @@ def run_suites(eval_cfg: EvalConfig, *, graphdef, params, tokenizer, data: DataC
         elif suite.kind == "knowledge":
             judge_fn = None
             if suite.scorer == "judge":
-                judge_fn = knowledge_judge(make_judge(suite, completer, load_model))
+                judge_fn = knowledge_judge(make_judge(suite, completer, judges))
             res = knowledge_suite(suite, completer, judge_fn)
         else:
-            res = judge_suite(suite, completer, make_judge(suite, completer, load_model))
+            res = judge_suite(suite, completer, make_judge(suite, completer, judges))
         res["metrics"]["truncated_prompts"] = completer.truncated_prompts - before
         res.update(kind=suite.kind, seconds=round(time.perf_counter() - t0, 2))
         out[name] = res
@@ -277,3 +302,20 @@ def knowledge_judge(judge):
         return None if verdict is None else verdict == "yes"
 
     return grade
+
+
+def write_json(path: Path, value) -> None:
+    """Eval results as JSON, written atomically (a reader never sees half a file); numpy scalars become numbers."""
+
+    def default(x):
+        if isinstance(x, (np.integer, np.floating, np.bool_)):
+            return x.item()
+        if isinstance(x, np.ndarray):
+            return x.tolist()
+        raise TypeError(f"not JSON serializable: {type(x).__name__}")
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=default))
+    tmp.replace(path)

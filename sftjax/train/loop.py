@@ -309,6 +309,7 @@ class _Evaluator:
     def __init__(self, cfg: Config, graphdef, tokenizer, mesh, run_dir: Path, writer, is_main: bool, log):
         self.cfg, self.graphdef, self.tokenizer, self.mesh = cfg, graphdef, tokenizer, mesh
         self.dir, self.writer, self.is_main, self.log = run_dir / "eval", writer, is_main, log
+        self.judges = None  # local judge models, loaded on the first evaluation that needs one
 
     def due(self, step: int, stage_ends: bool) -> bool:
         e = self.cfg.eval
@@ -316,29 +317,19 @@ class _Evaluator:
                                    or (e.at_stage_end and stage_ends))
 
     def __call__(self, state, step: int, stage: str) -> dict:
-        from sftjax.eval.runner import run_suites
+        from sftjax.eval.runner import JudgeModels, run_suites, write_json
 
+        if self.judges is None:
+            self.judges = JudgeModels(self.cfg.model, self.mesh, self.cfg.eval, self.cfg.data.template, self.log)
         self.log(f"eval: step {step} ({stage})")
         out = run_suites(self.cfg.eval, graphdef=self.graphdef, params=state["params"], tokenizer=self.tokenizer,
                          data=self.cfg.data, mesh=self.mesh, max_positions=self.cfg.model.max_position_embeddings,
-                         loss_rows=self.cfg.train.global_batch_size, log=self.log)
+                         loss_rows=self.cfg.train.global_batch_size, log=self.log, judges=self.judges)
         if self.is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            record = {"step": step, "stage": stage, "suites": out["suites"]}
-            tmp = self.dir / f".step_{step}.json.tmp"
-            tmp.write_text(json.dumps(record, indent=1, default=_json_default))
-            tmp.replace(self.dir / f"step_{step}.json")
+            write_json(self.dir / f"step_{step}.json", {"step": step, "stage": stage, "suites": out["suites"]})
             if step == 0:  # before training there is no metrics line to join: TensorBoard only
                 self.writer.scalars(step, out["metrics"])
         return out["metrics"]
-
-
-def _json_default(x):
-    if isinstance(x, (np.integer, np.floating, np.bool_)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
 
 def _keep_tokenizer(run_dir: Path, tokenizer, source) -> None:
