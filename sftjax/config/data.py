@@ -1,0 +1,138 @@
+"""The data part of the schema: sources, their formats, mixtures, stages and the strategies that build them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from sftjax.config.base import _require
+from sftjax.config.train import OptimConfig
+
+
+FORMATS = ("alpaca", "messages", "prompt_completion", "text", "qa", "masking", "completion", "completion_no_system")
+TEMPLATES = ("auto", "vicuna_v1.1", "llama2", "chatml", "none")
+
+
+@dataclass
+class FilterConfig:
+    """Drop (or keep only) the records whose ``field`` matches ``regex`` (e.g. code/math-tagged chat data)."""
+
+    field: str = "???"
+    regex: str = "???"
+    action: str = "drop"  # drop | keep
+
+
+@dataclass
+class SourceConfig:
+    """Where a source lives and how its records read: ``fields`` maps the format's field names to the file's."""
+
+    path: str = "???"  # JSONL, JSON array, Parquet, CSV, an HF dataset saved to disk, or a hub dataset name
+    format: str = "messages"
+    fields: dict[str, str] = field(default_factory=dict)
+    filter: Optional[FilterConfig] = None
+    kind: str = "auto"  # auto | jsonl | json | parquet | csv | hf_disk | hub
+    split: str = "train"
+    on_bad_record: str = "error"  # error | drop (counted in data_stats.json)
+
+
+@dataclass
+class MixConfig:
+    """A source's share of a stage. amount: 1 = all, a fraction ("1/16", 0.25) or a whole count > 1; nested and
+    seeded. weight: sampling share (by data.weight_by); unset = proportional to the selected amount."""
+
+    weight: Optional[float] = None
+    amount: str = "1"
+
+
+@dataclass
+class StageConfig:
+    """One stage of a curriculum: its own mixture and length (epochs over the selected data, or steps)."""
+
+    name: str = "main"
+    epochs: Optional[float] = None
+    steps: Optional[int] = None
+    mix: dict[str, MixConfig] = field(default_factory=dict)
+    # Its own learning-rate schedule (warmup + cosine over this stage, restarting at its first step); unset keys
+    # take optim.*. When no stage sets lr, one schedule spans the whole run.
+    lr: Optional[float] = None
+    warmup_ratio: Optional[float] = None
+    min_lr_ratio: Optional[float] = None
+
+    def optim(self, base: "OptimConfig") -> "OptimConfig | None":
+        if self.lr is None and self.warmup_ratio is None and self.min_lr_ratio is None:
+            return None
+        return dataclasses.replace(
+            base, lr=base.lr if self.lr is None else self.lr,
+            warmup_ratio=base.warmup_ratio if self.warmup_ratio is None else self.warmup_ratio,
+            min_lr_ratio=base.min_lr_ratio if self.min_lr_ratio is None else self.min_lr_ratio)
+
+
+@dataclass
+class StrategyConfig:
+    """Builds data.stages from the specialized and general sources (sftjax.data.strategy; conf/strategy)."""
+
+    name: str = "none"  # none | multitask | sequential | mixed_sequential | dmt
+    specialized: list[str] = field(default_factory=list)
+    general: list[str] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)  # sequential: the source order (default specialized, general)
+    epochs: float = 3.0  # per stage
+    amount: str = "1"  # the data amount of every source without its own entry in amounts (a sweep axis)
+    amounts: dict[str, str] = field(default_factory=dict)  # source -> data amount (1, 1/4, ... or a count)
+    k: str = "1/256"  # dmt: the share of each specialized source's amount that joins the general stage
+
+
+@dataclass
+class DataConfig:
+    """Sources, formats and the stages that mix them (the contract users write most; see ARCHITECTURE.md)."""
+
+    name: str = "fixture"
+    seq_len: int = 2048
+    # auto: the tokenizer that comes with model.init_from (byte-level when there is none); bytes; or an HF tokenizer
+    tokenizer: str = "auto"
+    template: str = "auto"  # the tokenizer's chat template, or vicuna_v1.1 | llama2 | chatml | none
+    train_on_prompt: bool = False
+    overlong: str = "truncate"  # or drop; counted either way
+    weight_by: str = "examples"  # mixture weights as shares of examples or of tokens
+    packing_bins: int = 32
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    stages: list[StageConfig] = field(default_factory=list)  # empty: one stage "main" over every source
+
+    def validate(self) -> None:
+        _require(self.seq_len >= 2, "data.seq_len", "an integer >= 2", self.seq_len)
+        _require(self.tokenizer in ("auto", "bytes") or Path(self.tokenizer).expanduser().is_dir(), "data.tokenizer",
+                 "'auto', 'bytes' or a Hugging Face tokenizer directory", self.tokenizer)
+        _require(self.template in TEMPLATES, "data.template", f"one of {TEMPLATES}", self.template)
+        _require(self.overlong in ("truncate", "drop"), "data.overlong", "'truncate' or 'drop'", self.overlong)
+        _require(self.weight_by in ("examples", "tokens"), "data.weight_by", "'examples' or 'tokens'", self.weight_by)
+        _require(self.packing_bins >= 1, "data.packing_bins", "a positive integer", self.packing_bins)
+        _require(len(self.sources) > 0, "data.sources", "at least one source", dict(self.sources))
+        for name, src in self.sources.items():
+            key = f"data.sources.{name}"
+            _require(src.format in FORMATS, f"{key}.format", f"one of {FORMATS}", src.format)
+            _require(src.on_bad_record in ("error", "drop"), f"{key}.on_bad_record", "'error' or 'drop'",
+                     src.on_bad_record)
+            if src.filter is not None:
+                _require(src.filter.action in ("drop", "keep"), f"{key}.filter.action", "'drop' or 'keep'",
+                         src.filter.action)
+        names = [s.name for s in self.stages]
+        _require(len(set(names)) == len(names), "data.stages", "stages with distinct names", names)
+        for i, stage in enumerate(self.stages):
+            key = f"data.stages.{i}"
+            _require(stage.epochs is None or stage.steps is None, key, "epochs or steps, not both",
+                     {"epochs": stage.epochs, "steps": stage.steps})
+            _require(stage.epochs is None or stage.epochs > 0, f"{key}.epochs", "a positive number", stage.epochs)
+            _require(stage.steps is None or stage.steps >= 1, f"{key}.steps", "a positive integer", stage.steps)
+            _require(len(self.stages) == 1 or stage.epochs is not None or stage.steps is not None, key,
+                     "epochs or steps (each stage of a multi-stage run needs a length)", stage.name)
+            _require(len(stage.mix) > 0, f"{key}.mix", "at least one source", dict(stage.mix))
+            _require(stage.lr is None or (math.isfinite(stage.lr) and stage.lr > 0), f"{key}.lr",
+                     "a positive finite number", stage.lr)
+            _require(stage.warmup_ratio is None or 0 <= stage.warmup_ratio < 1, f"{key}.warmup_ratio",
+                     "a number in [0, 1)", stage.warmup_ratio)
+            _require(stage.min_lr_ratio is None or 0 <= stage.min_lr_ratio <= 1, f"{key}.min_lr_ratio",
+                     "a number in [0, 1]", stage.min_lr_ratio)
+            for src in stage.mix:
+                _require(src in self.sources, f"{key}.mix.{src}", f"one of the sources {sorted(self.sources)}", src)
