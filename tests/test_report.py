@@ -257,3 +257,40 @@ def test_one_source_at_a_time_lines_hold_the_others_at_their_usual_amount(tmp_pa
     col, plots, _ = write_report([tmp_path / "runs"], tmp_path / "out")
     (p,) = [p for p in plots if p.name == "Ability vs data amount"]
     assert p.file == "ability_vs_amount.png" and "usual amount (arith=1, prose=1)" in p.caption
+
+
+def test_strategy_loss_bars_include_the_base_model(tmp_path, monkeypatch):
+    """Held-out losses get their own bars (not clipped to [0, 1]), one per strategy, and a model evaluated only by
+    sftjax-eval (the base model) is drawn next to them in every panel, hatched."""
+    import matplotlib.axes
+
+    root = tmp_path / "runs"
+    base = ["model=tiny", "data.stages=[]", "strategy.specialized=[arith]", "strategy.general=[prose]"]
+    losses = {"mixed_sequential": 2.5, "dmt": 1.75}
+    for strategy, loss in losses.items():
+        run = root / strategy
+        write_run(run, [*base, f"strategy={strategy}"], strategy, Fraction(1))
+        record = json.loads((run / "eval" / "step_4.json").read_text())
+        record["suites"]["arith_loss"] = {"kind": "loss", "metrics": {"loss": loss, "tokens": 900}, "results": [],
+                                          "seconds": 1.0}
+        (run / "eval" / "step_4.json").write_text(json.dumps(record))
+    out = tmp_path / "base.json"
+    out.write_text(json.dumps({"models": {"embedded:smollm2-135m-instruct": {
+        "arith_loss": {"kind": "loss", "metrics": {"loss": 3.25}, "results": [], "seconds": 1.0}}}}))
+    bars: list[tuple[str, list, object]] = []
+    real_bar = matplotlib.axes.Axes.bar
+
+    def spy(self, x, height, *args, **kwargs):
+        bars.append((kwargs.get("label"), list(height), kwargs.get("hatch")))
+        return real_bar(self, x, height, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
+    col, plots, md_path = write_report([root, out], tmp_path / "out")
+    by = {p.name: p for p in plots}
+    assert by["Held-out loss per strategy"].file == "strategy_loss.png"
+    assert (tmp_path / "out" / "strategy_loss.png").stat().st_size > 5000
+    loss_bars = {label: (h, hatch) for label, h, hatch in bars if len(h) == 1 and h[0] in (1.75, 2.5, 3.25)}
+    assert loss_bars["dmt"] == ([1.75], None) and loss_bars["mixed_sequential"] == ([2.5], None)
+    (ref,) = [v for k, v in loss_bars.items() if k.endswith("(not fine-tuned here)")]
+    assert ref == ([3.25], "//")
+    assert "strategy_loss.png" in md_path.read_text()

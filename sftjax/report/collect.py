@@ -34,6 +34,9 @@ COUNT_METRICS = ("n", "unparseable", "truncated_prompts", "tokens", "examples", 
                  "raw_mean")
 
 
+EVAL_ONLY = "(eval only)"  # the strategy coordinate of a model read from an sftjax-eval output (not trained here)
+
+
 class NoRunsError(ValueError):
     """A directory given to the report holds no run directory."""
 
@@ -404,7 +407,7 @@ def load_eval_output(path: Path) -> list[Run]:
         raise Skip("not an sftjax-eval output (expected {\"models\": {init_from: {suite: ...}}})")
     runs = []
     for spec, suites in record["models"].items():
-        runs.append(Run(path=path, name=f"{path.name}:{spec}", coords={"model": spec, "strategy": "(eval only)"},
+        runs.append(Run(path=path, name=f"{path.name}:{spec}", coords={"model": spec, "strategy": EVAL_ONLY},
                         extra_eval=_suites(suites)))
     return runs
 

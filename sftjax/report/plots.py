@@ -6,6 +6,7 @@ ability_vs_amount.png               each ability (math/code/knowledge/judge metr
                                     whose amount varies (log2 x, labelled 1, 1/4, ... 1/256); one line per source and
                                     setting of the other coordinates (strategy, model, ...); seeds averaged
 strategy_comparison.png             one group of bars per ability, one bar per strategy (and k), one panel per setting
+strategy_loss.png                   the same for held-out validation losses (nats/token; lower is better)
 dmt_k.png                           each ability vs dmt's k (log2 x); mixed_sequential runs of the same setting as
                                     dashed reference lines (k = 0: no specialized data in the second stage)
 score_vs_epoch.png / score_vs_step.png
@@ -28,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
-from sftjax.report.collect import Collection, Run, ability_metrics, fmt_value, sort_value  # noqa: E402
+from sftjax.report.collect import EVAL_ONLY, Collection, Run, ability_metrics, fmt_value, sort_value  # noqa: E402
 
 DPI = 100
 MAX_PANELS = 9
@@ -228,51 +229,84 @@ def plot_ability_vs_amount(col: Collection, out: Path) -> Plot:
 # -- (2) strategy comparison -----------------------------------------------------------------------------------------
 
 
-def plot_strategy_comparison(col: Collection, out: Path) -> Plot:
-    name = "Strategy comparison"
-    runs = [r for r in col.runs if r.final_eval and r.coords.get("strategy")]
-    strategies = {r.coords["strategy"] for r in runs}
-    if len(strategies) < 2:
+def loss_keys(runs: list[Run]) -> list[tuple[str, str, str]]:
+    """(suite, "loss", "loss") of every validation-loss suite in the runs' final evaluations."""
+    out: list[tuple[str, str, str]] = []
+    for r in runs:
+        out += [(suite, "loss", "loss") for suite, s in r.final_eval.items()
+                if s["kind"] == "loss" and (suite, "loss", "loss") not in out and math.isfinite(_value(r, suite, "loss"))]
+    return out
+
+
+def _strategy_bars(col: Collection, out: Path, name: str, metrics_of, what: str, ylabel: str, file: str,
+                   caption: str, bounded: bool) -> Plot:
+    """Bars of the final evaluation: one group per metric, one bar per strategy (and k), one panel per setting of
+    the other coordinates. Eval-only rows (sftjax-eval output, e.g. the base model) are drawn as one more bar each."""
+    evaluated = [r for r in col.runs if r.final_eval and r.coords.get("strategy")]
+    trained = [r for r in evaluated if r.coords["strategy"] != EVAL_ONLY]
+    references = [r for r in evaluated if r.coords["strategy"] == EVAL_ONLY]
+    if len({r.coords["strategy"] for r in trained}) < 2:
         return _not_drawn(name, "the evaluated runs use fewer than two strategies")
-    metrics = ability_keys(runs)
+    metrics = metrics_of(trained)
     if not metrics:
-        return _not_drawn(name, "no run has a math, code, knowledge or judge evaluation")
+        return _not_drawn(name, f"no run has {what}")
     keys = [k for k in col.coordinate_keys() if k not in ("strategy", "k", "seed")]
-    settings = _settings(runs, keys)
+    settings = _settings(trained, keys)
     varying = _varying(list(settings), keys)
     cut = len(settings) > MAX_SETTINGS
     settings = dict(list(settings.items())[:MAX_SETTINGS])
-    bars = sorted({(r.coords["strategy"], r.coords.get("k")) for r in runs}, key=lambda b: (b[0], sort_value(b[1])))
+    bars = sorted({(r.coords["strategy"], r.coords.get("k")) for r in trained},
+                  key=lambda b: (b[0], sort_value(b[1])))
     multi_k = len({b for b in bars if b[0] == "dmt"}) > 1
 
     def bar_label(b):
         return f"{b[0]} k={fmt_value(b[1])}" if multi_k and b[1] is not None else b[0]
 
-    colors = {b: f"C{i % 10}" for i, b in enumerate(bars)}
-    fig, axes = _figure(len(settings), "Strategy comparison (final evaluation)",
-                        width=max(4.6, 0.5 * len(metrics) * len(bars) + 1.5))
-    width = 0.8 / len(bars)
+    groups = [(bar_label(b), [r for r in trained if (r.coords["strategy"], r.coords.get("k")) == b]) for b in bars]
+    groups += [(f"{r.label or r.name} (not fine-tuned here)", [r]) for r in references]
+    colors = {label: f"C{i % 10}" for i, (label, _) in enumerate(groups)}
+    fig, axes = _figure(len(settings), f"{name} (final evaluation)",
+                        width=max(4.6, 0.5 * len(metrics) * len(groups) + 1.5))
+    width = 0.8 / len(groups)
+    top = 0.0
     for ax, (setting, members) in zip(axes, settings.items()):
-        for j, b in enumerate(bars):
-            rs = [r for r in members if (r.coords["strategy"], r.coords.get("k")) == b]
+        for j, (label, rs) in enumerate(groups):
+            rs = [r for r in rs if r in members or r in references]
             if not rs:
                 continue
             stats = [_mean([_value(r, s, m) for r in rs]) for s, m, _ in metrics]
+            top = max([top] + [s[2] for s in stats if math.isfinite(s[2])])
             xs = [i - 0.4 + width * (j + 0.5) for i in range(len(metrics))]
-            ax.bar(xs, [s[0] for s in stats], width, color=colors[b],  # nan: no bar (not evaluated)
-                   label=bar_label(b),
+            ax.bar(xs, [s[0] for s in stats], width, color=colors[label], label=label,  # nan: no bar (not evaluated)
+                   hatch="//" if rs[0] in references else None,
                    yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]] if len(rs) > 1 else None,
                    capsize=2)
         ax.set_xticks(range(len(metrics)))
         ax.set_xticklabels([f"{s}\n{m}" for s, m, _ in metrics], fontsize=8)
-        ax.set_ylabel("score (fraction, 0-1)")
-        ax.set_ylim(0, 1)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1 if bounded else top * 1.12 or 1)
         ax.set_title(_setting_label(keys, setting, varying) or "all runs", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    file = _save(fig, axes, out, "strategy_comparison.png")
-    return Plot(name, file, "Final evaluation per strategy: one group of bars per ability, one bar per strategy, one "
-                "panel per setting of the other coordinates (seeds averaged, bars span min-max)."
-                + (f" Only the first {MAX_SETTINGS} settings are drawn." if cut else ""))
+    return Plot(name, _save(fig, axes, out, file), caption + (f" Only the first {MAX_SETTINGS} settings are drawn."
+                                                             if cut else ""))
+
+
+def plot_strategy_comparison(col: Collection, out: Path) -> Plot:
+    return _strategy_bars(
+        col, out, "Strategy comparison", ability_keys, "a math, code, knowledge or judge evaluation",
+        "score (fraction, 0-1)", "strategy_comparison.png",
+        "Final evaluation per strategy: one group of bars per ability, one bar per strategy, one panel per setting "
+        "of the other coordinates (seeds averaged, bars span min-max); hatched bars are models evaluated with "
+        "sftjax-eval only (e.g. the base model).", bounded=True)
+
+
+def plot_strategy_loss(col: Collection, out: Path) -> Plot:
+    return _strategy_bars(
+        col, out, "Held-out loss per strategy", loss_keys, "a validation-loss evaluation",
+        "loss (nats/token, lower is better)", "strategy_loss.png",
+        "Final validation loss per strategy on each held-out source (response tokens only; lower is better): "
+        "sensitive where generated-answer scores sit at the floor; hatched bars are models evaluated with "
+        "sftjax-eval only (e.g. the base model).", bounded=False)
 
 
 # -- (3) DMT k -------------------------------------------------------------------------------------------------------
@@ -442,7 +476,7 @@ def plot_train_loss(col: Collection, out: Path) -> Plot:
                 + ".")
 
 
-PLOTS = (plot_ability_vs_amount, plot_strategy_comparison, plot_dmt_k, plot_score_vs_epoch, plot_memorization,
+PLOTS = (plot_ability_vs_amount, plot_strategy_comparison, plot_strategy_loss, plot_dmt_k, plot_score_vs_epoch, plot_memorization,
          plot_train_loss)
 
 
