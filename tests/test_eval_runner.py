@@ -196,3 +196,37 @@ def test_local_judge_models_load_once(evaluated_run):
     first = judges(str(run_dir))
     assert judges(str(run_dir)) is first and sum("init_from" in m for m in logs) == 1
     assert first.complete([first.chat_prompt(["hi"])], max_new_tokens=2)[0] is not None
+
+
+def test_code_suite_chat_mode_runs_the_replys_code_block():
+    """prompt=chat: the function goes into a user turn (rendered with the run's template), no stop strings cut the
+    reply, and the code block of the reply is what the sandbox runs; the reply is kept next to it."""
+    from sftjax.eval.runner import code_suite
+
+    reply = "Here you go:\n```python\ndef add(a, b):\n    # the sum\n    return a + b\n```\nIt adds."
+
+    class Completer:
+        def chat_prompt(self, turns):
+            self.turns = turns
+            return [1, 2, 3]
+
+        def raw_prompt(self, text):
+            raise AssertionError("chat mode must not use the raw prompt")
+
+        def complete(self, prompts, max_new_tokens, *, temperature, stop, seed_offset):
+            assert prompts == [[1, 2, 3]] and stop == ()
+            return [reply]
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "code.jsonl"
+        path.write_text(json.dumps(PROBLEM) + "\n")
+        c = Completer()
+        res = code_suite(SuiteConfig(kind="code", path=str(path), prompt="chat"), c)
+    assert PROBLEM["prompt"] in c.turns[0]
+    assert res["metrics"]["pass@1"] == 1.0 and res["results"][0]["replies"] == [reply]
+    assert res["results"][0]["completions"][0].endswith("return a + b\n")
+    with pytest.raises(ConfigError, match="eval.suites.x.prompt"):
+        EvalConfig(suites={"x": SuiteConfig(kind="code", path="a.jsonl", prompt="fim")}).validate()

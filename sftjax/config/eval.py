@@ -44,6 +44,8 @@ class SuiteConfig:
     rubric: str = "eight_category"  # judge: mt_bench | eight_category
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     prompt_suffix: str = ""  # math/knowledge: appended to each question (e.g. an answer-format instruction)
+    prompt: str = "raw"  # code: raw (Codex protocol: the model continues the function) | chat (the function in a
+    #                      user turn, rendered with the run's template; the reply's first code block is run)
 
     def validate(self, key: str) -> None:
         _require(self.kind in SUITE_KINDS, f"{key}.kind", f"one of {SUITE_KINDS}", self.kind)
@@ -57,6 +59,7 @@ class SuiteConfig:
         _require(bool(self.ks) and all(k >= 1 for k in self.ks), f"{key}.ks", "a list of k >= 1", self.ks)
         _require(self.kind != "code" or all(k <= self.samples for k in self.ks), f"{key}.ks",
                  f"every k <= {key}.samples ({self.samples})", self.ks)
+        _require(self.prompt in ("raw", "chat"), f"{key}.prompt", "raw | chat", self.prompt)
         _require(self.scorer in ("exact", "contains", "judge"), f"{key}.scorer", "exact | contains | judge",
                  self.scorer)
         _require(self.judge.retries >= 0, f"{key}.judge.retries", "an integer >= 0", self.judge.retries)

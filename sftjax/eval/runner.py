@@ -111,14 +111,21 @@ def code_suite(suite: SuiteConfig, completer: Completer) -> dict:
 
     problems = _limited(code.load_problems(suite.path), suite.limit)
     completions: dict[str, list[str]] = {p["task_id"]: [] for p in problems}
-    prompts = [completer.raw_prompt(p["prompt"]) for p in problems]
+    replies: dict[str, list[str]] = {p["task_id"]: [] for p in problems}
+    chat = suite.prompt == "chat"
+    if chat:  # no stop strings: a reply's code block holds the very lines (def, #, assert) that end a raw completion
+        prompts = [completer.chat_prompt([code.chat_instruction(p)]) for p in problems]
+    else:
+        prompts = [completer.raw_prompt(p["prompt"]) for p in problems]
     for s in range(suite.samples):
-        outs = completer.complete(prompts, suite.max_new_tokens, temperature=suite.temperature, stop=CODE_STOPS,
-                                  seed_offset=1000 * s)
+        outs = completer.complete(prompts, suite.max_new_tokens, temperature=suite.temperature,
+                                  stop=() if chat else CODE_STOPS, seed_offset=1000 * s)
         for p, out in zip(problems, outs, strict=True):
-            completions[p["task_id"]].append(out)
+            replies[p["task_id"]].append(out)
+            completions[p["task_id"]].append(code.completion_from_reply(p, out) if chat else out)
     scored = code.score(problems, completions, ks=suite.ks)
-    results = [{"task_id": t, "completions": completions[t], **v} for t, v in scored["per_task"].items()]
+    results = [{"task_id": t, "completions": completions[t], **({"replies": replies[t]} if chat else {}), **v}
+               for t, v in scored["per_task"].items()]
     return {"metrics": {**scored["pass@k"], "n": scored["n_tasks"]}, "results": results}
 
 
