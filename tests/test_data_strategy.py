@@ -47,3 +47,21 @@ def test_bad_input_is_reported_strategy(override, key):
 def test_strategy_and_explicit_stages_conflict():
     with pytest.raises(ConfigError, match="use one or the other"):
         compose_config(["run_dir=x", "strategy=multitask", "strategy.specialized=[arith]"])  # fixture has stages
+
+
+def test_strategy_schedule_restarts_at_each_stage_when_asked():
+    """schedule=run: one warmup + cosine over the stages; schedule=stage: each stage restarts it at optim.lr."""
+    from sftjax.train.optimizer import staged_schedule
+
+    run = compose_config(["run_dir=x", *SOURCES, "strategy=sequential", "optim.lr=1e-3", "optim.warmup_ratio=0.25"])
+    per_stage = compose_config(["run_dir=x", *SOURCES, "strategy=sequential", "optim.lr=1e-3",
+                                "optim.warmup_ratio=0.25", "strategy.schedule=stage"])
+    assert [s.lr for s in run.data.stages] == [None, None]
+    assert [s.lr for s in per_stage.data.stages] == [1e-3, 1e-3]
+    steps = [8, 8]
+    one = staged_schedule(run.optim, steps, [s.optim(run.optim) for s in run.data.stages])
+    each = staged_schedule(per_stage.optim, steps, [s.optim(per_stage.optim) for s in per_stage.data.stages])
+    assert float(one(12)) < 0.5e-3 < float(one(8)) < 1e-3  # stage 2 trains on the schedule's tail
+    assert float(each(8)) == pytest.approx(float(each(0))) and float(each(10)) == pytest.approx(1e-3)  # restarted
+    with pytest.raises(ConfigError, match="strategy.schedule"):
+        compose_config(["run_dir=x", *SOURCES, "strategy=sequential", "strategy.schedule=epoch"])

@@ -42,7 +42,7 @@ def test_chat_replies_become_human_eval_programs(problems):
     for reply in (f"Sure! Here it is:\n```python\n{whole}```\nThis adds the numbers.",
                   f"```py\n{whole}",  # cut off by max_new_tokens before the closing fence
                   whole,  # no fence
-                  f"```\ndef add(x, y):\n    return x + y\n```",  # a shorter signature of its own
+                  "```\ndef add(x, y):\n    return x + y\n```",  # a shorter signature of its own
                   p["canonical_solution"]):  # only the body: continues the prompt
         r = check_completion(p, completion_from_reply(p, reply))
         assert r.status == "passed", (reply, r.detail, r.stderr)

@@ -54,7 +54,7 @@ class Config:
         if self.strategy.name != "none":
             from sftjax.data.strategy import strategy_stages
 
-            self.data.stages = strategy_stages(self.strategy, self.data)
+            self.data.stages = strategy_stages(self.strategy, self.data, self.optim)
 
     def validate(self) -> None:
         for part in (self.model, self.optim, self.mesh, self.train, self.data, self.eval):

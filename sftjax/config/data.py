@@ -82,6 +82,9 @@ class StrategyConfig:
     amount: str = "1"  # the data amount of every source without its own entry in amounts (a sweep axis)
     amounts: dict[str, str] = field(default_factory=dict)  # source -> data amount (1, 1/4, ... or a count)
     k: str = "1/256"  # dmt: the share of each specialized source's amount that joins the general stage
+    # run: one warmup + cosine schedule over all stages (a later stage trains at the schedule's tail) | stage: each
+    # stage restarts it at optim.lr, as separate fine-tunes in sequence would
+    schedule: str = "run"
 
 
 @dataclass

@@ -7,14 +7,15 @@ dmt               dual-stage mixed fine-tuning: the specialized sources mixed, t
                   fraction ``k`` of each specialized source's amount (k=1/256 in the paper's best setting)
 
 ``amounts`` gives a source's data amount (the paper's 1, 1/4, ... 1/256 axis), ``amount`` that of every other
-source; every stage runs ``epochs``.
+source; every stage runs ``epochs``. ``schedule=stage`` restarts the learning-rate schedule at each stage (each
+stage's ``lr`` is set to ``optim.lr``); ``run`` (default) keeps one schedule over the whole run.
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
 
-from sftjax.config import ConfigError, DataConfig, MixConfig, StageConfig, StrategyConfig
+from sftjax.config import ConfigError, DataConfig, MixConfig, OptimConfig, StageConfig, StrategyConfig
 
 STRATEGIES = ("none", "multitask", "sequential", "mixed_sequential", "dmt")
 
@@ -37,9 +38,11 @@ def _scaled(amount: str, k: Fraction, key: str) -> str:
     return str(a * k)
 
 
-def strategy_stages(s: StrategyConfig, data: DataConfig) -> list[StageConfig]:
+def strategy_stages(s: StrategyConfig, data: DataConfig, optim: OptimConfig | None = None) -> list[StageConfig]:
     if s.name not in STRATEGIES:
         raise ConfigError(f"config key 'strategy.name': expected one of {STRATEGIES}, got {s.name!r}")
+    if s.schedule not in ("run", "stage"):
+        raise ConfigError(f"config key 'strategy.schedule': expected run | stage, got {s.schedule!r}")
     if s.name == "none":
         return []
     if data.stages:
@@ -66,7 +69,8 @@ def strategy_stages(s: StrategyConfig, data: DataConfig) -> list[StageConfig]:
         return out
 
     def stage(name, names, scale=None) -> StageConfig:
-        return StageConfig(name=name, epochs=s.epochs, mix=mix(names, scale))
+        lr = (optim or OptimConfig()).lr if s.schedule == "stage" else None
+        return StageConfig(name=name, epochs=s.epochs, mix=mix(names, scale), lr=lr)
 
     if s.name == "multitask":
         return [stage("multitask", s.specialized + s.general)]
