@@ -260,16 +260,17 @@ def test_one_source_at_a_time_lines_hold_the_others_at_their_usual_amount(tmp_pa
 
 
 def test_strategy_loss_bars_include_the_base_model(tmp_path, monkeypatch):
-    """Held-out losses get their own bars (not clipped to [0, 1]), one per strategy, and a model evaluated only by
-    sftjax-eval (the base model) is drawn next to them in every panel, hatched."""
+    """Held-out losses get their own bars (not clipped to [0, 1]), one per strategy (and schedule), and a model
+    evaluated only by sftjax-eval (the base model) is drawn next to them in every panel, hatched."""
     import matplotlib.axes
 
     root = tmp_path / "runs"
     base = ["model=tiny", "data.stages=[]", "strategy.specialized=[arith]", "strategy.general=[prose]"]
-    losses = {"mixed_sequential": 2.5, "dmt": 1.75}
-    for strategy, loss in losses.items():
-        run = root / strategy
-        write_run(run, [*base, f"strategy={strategy}"], strategy, Fraction(1))
+    losses = {"mixed_sequential": 2.5, "dmt": 1.75, "mixed_sequential,strategy.schedule=stage": 2.0}
+    for job, loss in losses.items():
+        run = root / job
+        strategy, *extra = job.split(",")
+        write_run(run, [*base, f"strategy={strategy}", *extra], strategy, Fraction(1))
         record = json.loads((run / "eval" / "step_4.json").read_text())
         record["suites"]["arith_loss"] = {"kind": "loss", "metrics": {"loss": loss, "tokens": 900}, "results": [],
                                           "seconds": 1.0}
@@ -289,8 +290,9 @@ def test_strategy_loss_bars_include_the_base_model(tmp_path, monkeypatch):
     by = {p.name: p for p in plots}
     assert by["Held-out loss per strategy"].file == "strategy_loss.png"
     assert (tmp_path / "out" / "strategy_loss.png").stat().st_size > 5000
-    loss_bars = {label: (h, hatch) for label, h, hatch in bars if len(h) == 1 and h[0] in (1.75, 2.5, 3.25)}
+    loss_bars = {label: (h, hatch) for label, h, hatch in bars if len(h) == 1 and h[0] in (1.75, 2.0, 2.5, 3.25)}
     assert loss_bars["dmt"] == ([1.75], None) and loss_bars["mixed_sequential"] == ([2.5], None)
+    assert loss_bars["mixed_sequential, schedule=stage"] == ([2.0], None)  # its own bar, not averaged in
     (ref,) = [v for k, v in loss_bars.items() if k.endswith("(not fine-tuned here)")]
     assert ref == ([3.25], "//")
     assert "strategy_loss.png" in md_path.read_text()

@@ -141,7 +141,7 @@ class Collection:
 
     def coordinate_keys(self) -> list[str]:
         """Coordinates set in at least one run, in a fixed order (amounts in source order)."""
-        keys = [k for k in ("model", "init_from", "strategy", "k") if any(r.coords.get(k) for r in self.runs)]
+        keys = [k for k in ("model", "init_from", "strategy", "k", "schedule") if any(r.coords.get(k) for r in self.runs)]
         amounts: list[str] = []
         for r in self.runs:
             amounts += [k for k in r.coords if k.startswith("amount/") and k not in amounts]
@@ -250,7 +250,8 @@ def stages_of(config: dict) -> list[dict]:
 
 
 def coordinates(config: dict, stages: list[dict]) -> dict[str, Any]:
-    """Where a run sits in an experiment: model, init_from, strategy, k (dmt), amount/<source> (its amount in the
+    """Where a run sits in an experiment: model, init_from, strategy, k (dmt), schedule (strategy.schedule when not
+    the default), amount/<source> (its amount in the
     first stage that mixes it: the full amount, before dmt's k), epochs (per stage, when every stage has the same)
     and seed."""
     model = config.get("model") or {}
@@ -258,7 +259,9 @@ def coordinates(config: dict, stages: list[dict]) -> dict[str, Any]:
     train = config.get("train") or {}
     name = strategy.get("name", "none")
     out: dict[str, Any] = {"model": model.get("name"), "init_from": model.get("init_from") or None,
-                           "strategy": name, "k": parse_amount(strategy.get("k")) if name == "dmt" else None}
+                           "strategy": name, "k": parse_amount(strategy.get("k")) if name == "dmt" else None,
+                           # strategy.schedule, only when it is not the default (one schedule over the run)
+                           "schedule": strategy.get("schedule") if strategy.get("schedule", "run") != "run" else None}
     for stage in stages:
         for source, amount in stage["mix"].items():
             out.setdefault(f"amount/{source}", parse_amount(amount))

@@ -250,19 +250,23 @@ def _strategy_bars(col: Collection, out: Path, name: str, metrics_of, what: str,
     metrics = metrics_of(trained)
     if not metrics:
         return _not_drawn(name, f"no run has {what}")
-    keys = [k for k in col.coordinate_keys() if k not in ("strategy", "k", "seed")]
+    keys = [k for k in col.coordinate_keys() if k not in ("strategy", "k", "schedule", "seed")]
     settings = _settings(trained, keys)
     varying = _varying(list(settings), keys)
     cut = len(settings) > MAX_SETTINGS
     settings = dict(list(settings.items())[:MAX_SETTINGS])
-    bars = sorted({(r.coords["strategy"], r.coords.get("k")) for r in trained},
-                  key=lambda b: (b[0], sort_value(b[1])))
-    multi_k = len({b for b in bars if b[0] == "dmt"}) > 1
+
+    def bar_of(r: Run) -> tuple:
+        return r.coords["strategy"], r.coords.get("k"), r.coords.get("schedule")
+
+    bars = sorted({bar_of(r) for r in trained}, key=lambda b: (b[0], sort_value(b[1]), b[2] or ""))
+    multi_k = len({b[1] for b in bars if b[0] == "dmt"}) > 1
 
     def bar_label(b):
-        return f"{b[0]} k={fmt_value(b[1])}" if multi_k and b[1] is not None else b[0]
+        return (b[0] + (f" k={fmt_value(b[1])}" if multi_k and b[1] is not None else "")
+                + (f", schedule={b[2]}" if b[2] else ""))
 
-    groups = [(bar_label(b), [r for r in trained if (r.coords["strategy"], r.coords.get("k")) == b]) for b in bars]
+    groups = [(bar_label(b), [r for r in trained if bar_of(r) == b]) for b in bars]
     groups += [(f"{r.label or r.name} (not fine-tuned here)", [r]) for r in references]
     colors = {label: f"C{i % 10}" for i, (label, _) in enumerate(groups)}
     fig, axes = _figure(len(settings), f"{name} (final evaluation)",
