@@ -441,11 +441,16 @@ def _sweep_info(root: Path, warnings: list[str]) -> list[dict]:
     for f in sorted(root.rglob("multirun.yaml")):
         try:
             cfg = yaml.safe_load(f.read_text()) or {}
-            task = ((cfg.get("hydra") or {}).get("overrides") or {}).get("task") or []
+            hydra = cfg.get("hydra") or {}
+            task = [str(o) for o in (hydra.get("overrides") or {}).get("task") or []]
+            # a preset's own axes (hydra.sweeper.params), unless the command line set that key
+            given = {o.split("=", 1)[0].lstrip("+~") for o in task}
+            params = [f"{k}={v}" for k, v in ((hydra.get("sweeper") or {}).get("params") or {}).items()
+                      if k not in given]
         except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError) as e:
             warnings.append(f"{f}: unreadable multirun.yaml ({type(e).__name__})")
             continue
-        swept = [str(o) for o in task if "," in str(o).split("=", 1)[-1] or "range(" in str(o)]
+        swept = [o for o in task + params if "," in o.split("=", 1)[-1] or "range(" in o]
         out.append({"dir": str(f.parent), "swept": swept, "jobs": [], "counts": {}})
     for f in sorted(root.rglob("manifest.json")):
         try:

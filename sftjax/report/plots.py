@@ -375,6 +375,7 @@ def plot_score_vs_epoch(col: Collection, out: Path) -> Plot:
                 ms = ability_metrics(s["kind"], s["metrics"]) or (["loss"] if "loss" in s["metrics"] else [])
                 keys += [(suite, m, s["kind"]) for m in ms if (suite, m, s["kind"]) not in keys]
     by_epoch = all(r.epoch_of(step) is not None for r in runs for step in r.evals)
+    references = [r for r in col.runs if r.coords.get("strategy") == EVAL_ONLY]
     shown = keys[:MAX_PANELS]
     fig, axes = _figure(len(shown), "Evaluation over training" + (" (by epoch)" if by_epoch else " (by step)"))
     for ax, (suite, metric, kind) in zip(axes, shown):
@@ -383,6 +384,11 @@ def plot_score_vs_epoch(col: Collection, out: Path) -> Plot:
             xs = [r.epoch_of(s) if by_epoch else s for s in steps]
             ax.plot(xs, [_value(r, suite, metric, s) for s in steps], marker="o", markersize=3, color=f"C{i % 10}",
                     label=r.label)
+        for j, r in enumerate(references):  # e.g. the base model: where training started from
+            y = _value(r, suite, metric)
+            if math.isfinite(y):
+                ax.axhline(y, color="grey", linestyle=("--", "-.", ":")[j % 3], linewidth=1,
+                           label=f"{r.label or r.name} (not fine-tuned here)")
         if len(runs) == 1:
             for stage, end in runs[0].stage_ends()[:-1]:
                 x = runs[0].epoch_of(end) if by_epoch else end
@@ -395,6 +401,8 @@ def plot_score_vs_epoch(col: Collection, out: Path) -> Plot:
         ax.grid(alpha=0.3)
     file = _save(fig, axes, out, "score_vs_epoch.png" if by_epoch else "score_vs_step.png")
     return Plot(name, file, "Every evaluation of each run during training (eval/step_N.json), one line per run"
+                + ("; grey lines are models evaluated with sftjax-eval only (e.g. the base model)" if references
+                   else "")
                 + ("" if by_epoch else "; by step, since the epochs of some evaluations are not known (a run capped "
                    "by train.max_steps, or a stage given in steps)") + ".")
 
