@@ -230,3 +230,28 @@ def test_code_suite_chat_mode_runs_the_replys_code_block():
     assert res["results"][0]["completions"][0].endswith("return a + b\n")
     with pytest.raises(ConfigError, match="eval.suites.x.prompt"):
         EvalConfig(suites={"x": SuiteConfig(kind="code", path="a.jsonl", prompt="fim")}).validate()
+
+
+def test_eval_time_excludes_no_training_time(tmp_path, monkeypatch):
+    """The steps dispatched before an evaluation have finished when its clock starts: otherwise their compute is
+    counted as eval time and the eval step's tokens/s comes out tens of times too high."""
+    from sftjax.config import SuiteConfig as Suite
+    from sftjax.train import loop
+    from tests.helpers import tiny_config
+
+    ready = []
+
+    def fake_eval(self, state, step, stage):
+        import jax
+
+        ready.append(all(x.is_ready() for x in jax.tree.leaves(state)))
+        return {"eval/x/loss": 1.0}
+
+    monkeypatch.setattr(loop._Evaluator, "__call__", fake_eval)
+    cfg = tiny_config(str(tmp_path / "run"), **{"train.max_steps": 4})
+    cfg.eval.every_n_steps = 2
+    cfg.eval.suites = {"x": Suite(kind="loss", path="unused.jsonl")}
+    loop.train(cfg, log=lambda m: None)
+    assert ready == [True, True]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "eval/x/loss" in x] == [2, 4]

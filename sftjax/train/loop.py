@@ -266,6 +266,8 @@ def train(cfg: Config, log=print) -> dict:
                 final = step == total_steps
                 scores, eval_s = {}, 0.0
                 if evaluate.due(step, stage_ends):
+                    # the dispatched steps finish first, so their time counts as training, not as eval time
+                    jax.block_until_ready(state)
                     t_eval = time.perf_counter()
                     scores = evaluate(state, step, stage)
                     eval_s = time.perf_counter() - t_eval
