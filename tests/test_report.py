@@ -293,6 +293,8 @@ def test_strategy_loss_bars_include_the_base_model(tmp_path, monkeypatch):
     loss_bars = {label: (h, hatch) for label, h, hatch in bars if len(h) == 1 and h[0] in (1.75, 2.0, 2.5, 3.25)}
     assert loss_bars["dmt"] == ([1.75], None) and loss_bars["mixed_sequential"] == ([2.5], None)
     assert loss_bars["mixed_sequential, schedule=stage"] == ([2.0], None)  # its own bar, not averaged in
+    assert sorted(r.label for r in col.runs if r.coords["strategy"] == "mixed_sequential") == [
+        "model=tiny, mixed_sequential", "model=tiny, mixed_sequential, schedule=stage"]  # by coordinate, not overrides
     (ref,) = [v for k, v in loss_bars.items() if k.endswith("(not fine-tuned here)")]
     assert ref == ([3.25], "//")
     assert "strategy_loss.png" in md_path.read_text()

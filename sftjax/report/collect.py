@@ -152,7 +152,8 @@ class Collection:
     def assign_labels(self) -> None:
         """A run's label names what sets it apart: the coordinates that vary, then the differing overrides, then
         its path."""
-        keys = [k for k in self.coordinate_keys() if len([v for v in self.varying(k) if v is not None]) > 1]
+        keys = [k for k in self.coordinate_keys() if len([v for v in self.varying(k) if v is not None]) > 1
+                or (k == "schedule" and len(self.varying(k)) > 1)]  # schedule is None (the default) or "stage"
         for r in self.runs:
             parts = [r.coords[k] if k == "strategy" else f"{_short_key(k)}={fmt_value(r.coords[k])}"
                      for k in keys if r.coords.get(k) is not None]
