@@ -281,14 +281,16 @@ def _strategy_bars(col: Collection, out: Path, name: str, metrics_of, what: str,
             stats = [_mean([_value(r, s, m) for r in rs]) for s, m, _ in metrics]
             top = max([top] + [s[2] for s in stats if math.isfinite(s[2])])
             xs = [i - 0.4 + width * (j + 0.5) for i in range(len(metrics))]
-            ax.bar(xs, [s[0] for s in stats], width, color=colors[label], label=label,  # nan: no bar (not evaluated)
-                   hatch="//" if rs[0] in references else None,
-                   yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]] if len(rs) > 1 else None,
-                   capsize=2)
+            drawn = ax.bar(xs, [s[0] for s in stats], width, color=colors[label], label=label,  # nan: no bar
+                           hatch="//" if rs[0] in references else None,
+                           yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]] if len(rs) > 1 else None,
+                           capsize=2)
+            if not bounded:  # losses differ in the second decimal: bars from zero alone would hide that
+                ax.bar_label(drawn, fmt="%.3f", fontsize=6, rotation=90, padding=2)
         ax.set_xticks(range(len(metrics)))
         ax.set_xticklabels([f"{s}\n{m}" for s, m, _ in metrics], fontsize=8)
         ax.set_ylabel(ylabel)
-        ax.set_ylim(0, 1 if bounded else top * 1.12 or 1)
+        ax.set_ylim(0, 1 if bounded else top * 1.25 or 1)
         ax.set_title(_setting_label(keys, setting, varying) or "all runs", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     return Plot(name, _save(fig, axes, out, file), caption + (f" Only the first {MAX_SETTINGS} settings are drawn."
