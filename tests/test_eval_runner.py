@@ -198,7 +198,7 @@ def test_local_judge_models_load_once(evaluated_run):
     assert first.complete([first.chat_prompt(["hi"])], max_new_tokens=2)[0] is not None
 
 
-def test_code_suite_chat_mode_runs_the_replys_code_block():
+def test_code_suite_chat_mode_runs_the_replys_code_block(tmp_path):
     """prompt=chat: the function goes into a user turn (rendered with the run's template), no stop strings cut the
     reply, and the code block of the reply is what the sandbox runs; the reply is kept next to it."""
     from sftjax.eval.runner import code_suite
@@ -217,14 +217,10 @@ def test_code_suite_chat_mode_runs_the_replys_code_block():
             assert prompts == [[1, 2, 3]] and stop == ()
             return [reply]
 
-    import tempfile
-    from pathlib import Path
-
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "code.jsonl"
-        path.write_text(json.dumps(PROBLEM) + "\n")
-        c = Completer()
-        res = code_suite(SuiteConfig(kind="code", path=str(path), prompt="chat"), c)
+    path = tmp_path / "code.jsonl"
+    path.write_text(json.dumps(PROBLEM) + "\n")
+    c = Completer()
+    res = code_suite(SuiteConfig(kind="code", path=str(path), prompt="chat"), c)
     assert PROBLEM["prompt"] in c.turns[0]
     assert res["metrics"]["pass@1"] == 1.0 and res["results"][0]["replies"] == [reply]
     assert res["results"][0]["completions"][0].endswith("return a + b\n")
