@@ -74,14 +74,25 @@ def _mean(values: list[float]) -> tuple[float, float, float]:
     return sum(ok) / len(ok), min(ok), max(ok)
 
 
-def ability_keys(runs: list[Run]) -> list[tuple[str, str, str]]:
-    """(suite, metric, kind) of every ability in the runs' final evaluations, in order of appearance."""
+def _final_keys(runs: list[Run], metrics_of) -> list[tuple[str, str, str]]:
+    """(suite, metric, kind) of every metric ``metrics_of(kind, metrics)`` picks in the runs' final evaluations, in
+    order of appearance (only those with a finite value)."""
     out: list[tuple[str, str, str]] = []
     for r in runs:
         for suite, s in r.final_eval.items():
-            out += [(suite, m, s["kind"]) for m in ability_metrics(s["kind"], s["metrics"])
+            out += [(suite, m, s["kind"]) for m in metrics_of(s["kind"], s["metrics"])
                     if (suite, m, s["kind"]) not in out and math.isfinite(_value(r, suite, m))]
     return out
+
+
+def ability_keys(runs: list[Run]) -> list[tuple[str, str, str]]:
+    """Every ability (math accuracy, code pass@k, knowledge, judge score) in the runs' final evaluations."""
+    return _final_keys(runs, ability_metrics)
+
+
+def loss_keys(runs: list[Run]) -> list[tuple[str, str, str]]:
+    """(suite, "loss", "loss") of every validation-loss suite in the runs' final evaluations."""
+    return _final_keys(runs, lambda kind, metrics: ["loss"] if kind == "loss" else [])
 
 
 def _figure(n: int, title: str, width: float = 4.6, height: float = 3.4):
@@ -227,15 +238,6 @@ def plot_ability_vs_amount(col: Collection, out: Path) -> Plot:
 
 
 # -- (2) strategy comparison -----------------------------------------------------------------------------------------
-
-
-def loss_keys(runs: list[Run]) -> list[tuple[str, str, str]]:
-    """(suite, "loss", "loss") of every validation-loss suite in the runs' final evaluations."""
-    out: list[tuple[str, str, str]] = []
-    for r in runs:
-        out += [(suite, "loss", "loss") for suite, s in r.final_eval.items()
-                if s["kind"] == "loss" and (suite, "loss", "loss") not in out and math.isfinite(_value(r, suite, "loss"))]
-    return out
 
 
 def _strategy_bars(col: Collection, out: Path, name: str, metrics_of, what: str, ylabel: str, file: str,
