@@ -11,7 +11,7 @@ from sftjax.config.base import _require
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ATTENTION_IMPLS = ("auto", "dense", "blockwise", "sdpa")
+ATTENTION_IMPLS = ("auto", "dense", "blockwise", "sdpa", "pallas_gpu", "splash")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 EMBEDDED_MODELS = ("smollm2-135m-instruct",)  # shipped inside a PyPI package (see sftjax.ckpt.gguf)
@@ -70,7 +70,8 @@ class ModelConfig:
     dtype: str = "auto"
     scan_layers: bool = False  # lax.scan over layers (fast compile) or unrolled (fastest on the CPU backend)
     remat: str = "none"
-    attention: str = "auto"  # auto: blockwise on CPU/TPU, sdpa (cuDNN) on GPU
+    # auto: splash on TPU, sdpa (cuDNN) on GPU, blockwise on CPU; pallas_gpu: the fused segment-aware GPU kernel
+    attention: str = "auto"
     attention_block: int = 256
     # "" = random init; "hf:DIR" (or "hf:org/name" with a network) = a Hugging Face model; otherwise a run directory
     # or an sftjax checkpoint directory (its latest checkpoint's parameters; the optimizer starts fresh).

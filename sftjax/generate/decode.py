@@ -18,6 +18,7 @@ compiled program; the exact ``max_new_tokens`` is a traced loop bound.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Iterable, Sequence
 
 import jax
@@ -27,6 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from sftjax.generate import sampling
+from sftjax.model.attention import resolve as resolve_attention, sequence_multiple
 from sftjax.model.llama import Llama, compute_dtype, init_cache
 from sftjax.model.rope import inverse_frequencies, rope_tables
 from sftjax.parallel.rules import activation_mesh, constrain
@@ -54,7 +56,8 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, eo
     _check(prompts, max_new_tokens, temperature, top_k, top_p, cfg.vocab_size)
     if max_new_tokens == 0:
         return [[] for _ in prompts]
-    ids, start = _left_pad(prompts, pad_id, cfg.attention_block)
+    impl = resolve_attention(cfg.attention, head_dim=cfg.resolved_head_dim, seq_len=128)
+    ids, start = _left_pad(prompts, pad_id, cfg.attention_block, max(_PROMPT_MULTIPLE, sequence_multiple(impl)))
     eos = np.asarray(sorted(set(eos_ids)) or [-1], np.int32)  # -1 never matches a token
     key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
     greedy = temperature == 0
@@ -77,14 +80,18 @@ def _check(prompts, max_new_tokens, temperature, top_k, top_p, vocab_size):
         raise ValueError(f"expected temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
 
 
-def _left_pad(prompts, pad_id: int, block: int):
-    """ids [b, P] with each prompt flush right, and start [b], the slot of each prompt's first token. P is bucketed
-    and, above one attention block, a multiple of it (the blockwise kernel's requirement)."""
+def _left_pad(prompts, pad_id: int, block: int, multiple: int):
+    """ids [b, P] with each prompt flush right, and start [b], the slot of each prompt's first token. P is a multiple
+    of ``multiple`` (the bucket, and what the attention kernel needs) and, above one attention block, a multiple of it
+    too (the blockwise kernel's requirement)."""
     n = max(len(p) for p in prompts)
     if n > block:
-        width = -(-n // block) * block
+        step = math.lcm(block, multiple)
+        width = -(-n // step) * step
     else:
-        width = min(-(-n // _PROMPT_MULTIPLE) * _PROMPT_MULTIPLE, block)
+        width = -(-n // multiple) * multiple
+        if block % multiple == 0:
+            width = min(width, block)
     ids = np.full((len(prompts), width), pad_id, np.int32)
     start = np.asarray([width - len(p) for p in prompts], np.int32)
     for row, (p, s) in enumerate(zip(prompts, start)):

@@ -2,32 +2,106 @@
 
 Every implementation computes the same function. A query attends to a key when both carry the same ``segment_id``
 and, if causal, the key's position is not after the query's. Packed rows keep each document contiguous and in order
-(positions reset per document, padding is its own segment 0), which lets the blockwise kernel skip whole blocks.
+(positions reset per document, padding is its own segment 0), which lets the blockwise and fused kernels skip whole
+blocks and take causality from token order.
 
 Shapes: q [batch, seq, heads, head_dim]; k, v [batch, seq, kv_heads, head_dim]; segment_ids, positions [batch, seq].
 Grouped-query attention is handled by viewing the query heads as [kv_heads, group].
+
+Implementations (``model.attention``): ``dense`` (the reference), ``blockwise`` (pure JAX, any backend), ``sdpa``
+(jax.nn.dot_product_attention with a dense mask; cuDNN on GPU), ``pallas_gpu`` (a fused Pallas/Triton kernel that takes
+segment ids, see attention_pallas_gpu) and ``splash`` (TPU splash attention with SegmentIds). :func:`resolve` turns
+``auto`` into one of them and refuses, before anything is compiled, one the backend or the shapes cannot run.
+``SFTJAX_PALLAS_INTERPRET=1`` runs the Pallas kernels in interpret mode on any backend (slow; for tests and debugging).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from sftjax.config.base import ConfigError
+from sftjax.parallel.rules import active_mesh, spec_for
 
 _NEG = -1e30  # finite "minus infinity": fully-masked rows inside a block must not produce NaN
 
+IMPLEMENTATIONS = ("dense", "blockwise", "sdpa", "pallas_gpu", "splash")
+_NEEDS_BACKEND = {"pallas_gpu": "gpu", "splash": "tpu"}
+_PALLAS_HEAD_DIMS = (16, 32, 64, 128, 256)  # the fused GPU kernel's Triton tiles need power-of-two sizes >= 16
+
+
+def pallas_interpret() -> bool:
+    return os.environ.get("SFTJAX_PALLAS_INTERPRET", "") not in ("", "0")
+
+
+def sequence_multiple(impl: str) -> int:
+    """What every sequence length (training rows, prompt buckets) must be a multiple of for ``impl``."""
+    return {"splash": 128, "pallas_gpu": 16}.get(impl, 1)
+
+
+def resolve(impl: str, *, head_dim: int, seq_len: int, backend: str | None = None) -> str:
+    """The implementation that will run: ``auto`` picks one that can; an explicit one that cannot is a ConfigError
+    naming ``model.attention`` and what would work."""
+    backend = backend or jax.default_backend()
+    if impl == "auto":
+        if backend == "tpu" and seq_len % 128 == 0:
+            return "splash"
+        # GPU: sdpa (cuDNN) stays the default until pallas_gpu is measured on a GPU (docs/performance.md).
+        return "sdpa" if backend == "gpu" else "blockwise"
+    if impl not in IMPLEMENTATIONS:
+        raise ConfigError(f"config key 'model.attention': expected auto or one of {IMPLEMENTATIONS}, got {impl!r}")
+    need = _NEEDS_BACKEND.get(impl)
+    if need and backend != need and not pallas_interpret():
+        raise ConfigError(
+            f"config key 'model.attention': {impl!r} runs on {need.upper()} only and this backend is {backend!r}; "
+            f"use auto (here: {resolve('auto', head_dim=head_dim, seq_len=seq_len, backend=backend)}), blockwise or "
+            f"sdpa (or set SFTJAX_PALLAS_INTERPRET=1 to run the kernel in interpret mode, slowly)")
+    multiple = sequence_multiple(impl)
+    if seq_len % multiple:
+        raise ConfigError(f"config key 'model.attention': {impl!r} needs a sequence length that is a multiple of "
+                          f"{multiple}, got {seq_len}; use blockwise or sdpa, or change data.seq_len")
+    if impl == "pallas_gpu" and head_dim not in _PALLAS_HEAD_DIMS:
+        raise ConfigError(f"config key 'model.attention': 'pallas_gpu' supports head_dim in {_PALLAS_HEAD_DIMS}, "
+                          f"got {head_dim}; use sdpa or blockwise")
+    return impl
+
 
 def attention(q, k, v, segment_ids, positions, *, causal: bool = True, impl: str = "auto", block: int = 256):
-    if impl == "auto":
-        impl = "sdpa" if jax.default_backend() == "gpu" else "blockwise"
+    impl = resolve(impl, head_dim=q.shape[-1], seq_len=q.shape[1])
     if impl == "dense":
         return dense_attention(q, k, v, segment_ids, positions, causal=causal)
     if impl == "blockwise":
         return blockwise_attention(q, k, v, segment_ids, positions, causal=causal, block=block)
     if impl == "sdpa":
         return sdpa_attention(q, k, v, segment_ids, positions, causal=causal)
-    raise ValueError(f"unknown attention implementation {impl!r}; expected auto|dense|blockwise|sdpa")
+    if impl == "pallas_gpu":
+        from sftjax.model.attention_pallas_gpu import packed_attention
+
+        kernel = functools.partial(packed_attention, causal=causal, interpret=pallas_interpret())
+    else:
+        from sftjax.model.attention_splash import splash_attention
+
+        kernel = functools.partial(splash_attention, causal=causal, interpret=pallas_interpret())
+    return _per_shard(kernel, q, k, v, segment_ids)
+
+
+def _per_shard(kernel, q, k, v, segment_ids):
+    """Run a Pallas kernel (an opaque custom call to the partitioner) on each device's rows and heads."""
+    mesh = active_mesh()
+    if mesh is None or mesh.size == 1:
+        return kernel(q, k, v, segment_ids)
+    batch = spec_for(("act_batch",), q.shape[:1], mesh)[0]
+    heads = spec_for(("act_heads",), q.shape[2:3], mesh)[0]
+    kv_heads = spec_for(("act_kv_heads",), k.shape[2:3], mesh)[0]
+    if heads != kv_heads:  # split both or neither, so that every shard holds whole query groups
+        heads = kv_heads = None
+    qs, ks = PartitionSpec(batch, None, heads, None), PartitionSpec(batch, None, kv_heads, None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(qs, ks, ks, PartitionSpec(batch, None)), out_specs=qs,
+                         check_vma=False)(q, k, v, segment_ids)
 
 
 def _mask(seg_q, pos_q, seg_k, pos_k, causal):

@@ -94,6 +94,11 @@ def activation_mesh(mesh: Mesh | None):
         _ACTIVE_MESH.reset(token)
 
 
+def active_mesh() -> Mesh | None:
+    """The mesh set by :func:`activation_mesh` (None for plain model calls)."""
+    return _ACTIVE_MESH.get()
+
+
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     """Sharding constraint by logical names; a no-op outside :func:`activation_mesh`."""
     mesh = _ACTIVE_MESH.get()

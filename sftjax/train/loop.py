@@ -18,6 +18,7 @@ from sftjax.ckpt.checkpoints import Checkpointer, abstract_like
 from sftjax.config import Config, ConfigError, to_dict
 from sftjax.data.pipeline import DataPipeline
 from sftjax.data.tokenizer import run_tokenizer
+from sftjax.model.attention import resolve as resolve_attention
 from sftjax.model.flops import matmul_params, train_flops
 from sftjax.parallel.mesh import initialize_distributed, make_mesh
 from sftjax.train.metrics import MetricsWriter
@@ -122,6 +123,7 @@ def train(cfg: Config, log=print) -> dict:
     initialize_distributed(cfg.mesh)
     mesh_shape = cfg.check_devices(jax.device_count(), jax.process_count())
     mesh = make_mesh(mesh_shape)
+    attn = resolve_attention(cfg.model.attention, head_dim=cfg.model.resolved_head_dim, seq_len=cfg.data.seq_len)
     is_main = jax.process_index() == 0
     run_dir = Path(cfg.run_dir)
     resuming = check_run_dir(run_dir)
@@ -186,7 +188,7 @@ def train(cfg: Config, log=print) -> dict:
     compiled = step_fn.lower(state, batch_spec).compile() if start < total_steps else None
     compile_s = time.perf_counter() - t0
     if compiled is not None:
-        log(f"compiled train step in {compile_s:.1f}s")
+        log(f"compiled train step in {compile_s:.1f}s (attention: {attn})")
 
     writer = MetricsWriter(run_dir, enabled=is_main, tensorboard=cfg.train.tensorboard)
     peak = cfg.train.peak_flops_per_device * jax.device_count()
