@@ -60,6 +60,29 @@ def test_cached_greedy_equals_full_recompute(scan, variant):
     assert generate(model, prompts, 20) == recompute_greedy(model, prompts, 20)
 
 
+@pytest.mark.parametrize("scan", [False, True])
+def test_decode_reads_the_cache_in_chunks_up_to_the_newest_slot(scan, monkeypatch):
+    """With 16-slot chunks, a 20-token continuation of 40-token prompts spans 4 chunks (the later ones skipped while
+    still empty): the same tokens as the full recompute."""
+    monkeypatch.setattr(decode, "DECODE_CHUNK", 16)
+    model = make_model(tiny(scan_layers=scan))
+    prompts = prompts_of()
+    assert generate(model, prompts, 20) == recompute_greedy(model, prompts, 20)
+
+
+def test_decode_weights_are_cast_once_to_the_compute_dtype():
+    """bf16 compute: the decode loop holds no float32 weight (each step reads every weight at 2 bytes)."""
+    model = make_model(tiny(dtype="bfloat16"))
+    graphdef, state = nnx.split(model)
+    ids, start = decode._left_pad(prompts_of(), 0, 32, 16)
+    text = decode._generate_padded.lower(
+        nnx.to_pure_dict(state), ids, start, np.asarray([-1], np.int32), np.int32(8), np.int32(0), np.float32(1.0),
+        np.float32(1.0), jax.random.key(0), static=decode._Static(graphdef, model.cfg), budget=32, greedy=True,
+        top_k=0, use_top_p=False, mesh=None).as_text()
+    loop = text[text.index("stablehlo.while"):]
+    assert "tensor<64x176xf32>" not in loop and "tensor<64x176xbf16>" in loop  # the MLP's gate weight
+
+
 @pytest.mark.parametrize("variant", ["llama_gqa", "qwen2_bias_tied"])
 def test_greedy_matches_transformers_generate(variant):
     torch = pytest.importorskip("torch")

@@ -37,6 +37,7 @@ _PROMPT_MULTIPLE = 16
 _BUDGET_MULTIPLE = 32
 _NEG = -1e30  # finite "minus infinity", as in the training kernels
 _LAYER_CACHE_AXES = ("act_batch", "act_kv_heads", "act_length", None)
+DECODE_CHUNK = 512  # cache slots a decode step reads at a time; chunks after the newest slot are skipped
 
 
 def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, eos_ids: Iterable[int] = (),
@@ -104,7 +105,7 @@ class _Static:
     it; equality still compares the whole structure, and the config's repr gives a hash consistent with it."""
 
     def __init__(self, graphdef, cfg):
-        self.graphdef, self._hash = graphdef, hash(repr(cfg))
+        self.graphdef, self.cfg, self._hash = graphdef, cfg, hash(repr(cfg))
 
     def __hash__(self):
         return self._hash
@@ -119,6 +120,10 @@ def _generate_padded(params, ids, start, eos, limit, pad_id, temperature, top_p,
     """Left-padded ids [b, P] -> (tokens [b, budget], lengths [b], steps taken). tokens[:, i] is the i-th new token,
     pad_id once a row has finished; lengths counts each row's tokens before its first EOS."""
     with activation_mesh(mesh):
+        # Once per call, before the loop: every float parameter in the compute dtype, so a decode step reads each
+        # weight once at its compute width (bf16 on accelerators: half the bytes of the float32 master copy).
+        dt = compute_dtype(static.cfg.dtype)
+        params = jax.tree.map(lambda p: p.astype(dt) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
         model: Llama = nnx.merge(static.graphdef, params)
         b, width = ids.shape
         slots = jnp.arange(width)
@@ -142,7 +147,7 @@ def _generate_padded(params, ids, start, eos, limit, pad_id, temperature, top_p,
         out, lengths, done = record(jnp.full((b, budget), pad_id, jnp.int32), jnp.zeros(b, jnp.int32),
                                     jnp.zeros(b, bool), jnp.int32(0), tok)
         prompt_len = width - start
-        cache_slots = jnp.arange(width + budget)
+        cache_slots = jnp.arange(cache[0].shape[-2] if isinstance(cache[0], jax.Array) else cache[0][0].shape[-2])
 
         def cond(state):
             i, done = state[0], state[-1]
@@ -162,15 +167,62 @@ def _generate_padded(params, ids, start, eos, limit, pad_id, temperature, top_p,
 
 
 def _head_major(cache, budget: int, stacked: bool):
-    """The prefill's KVCache ([layers, b, P, kv, hd] each) -> the decode loop's (k, v): [layers, b, kv, P + budget, hd]
-    each when ``stacked`` (scanned layers), else tuples of per-layer [b, kv, P + budget, hd]; slots >= P are zero."""
+    """The prefill's KVCache ([layers, b, P, kv, hd] each) -> the decode loop's (k, v): [layers, b, kv, T, hd]
+    each when ``stacked`` (scanned layers), else tuples of per-layer [b, kv, T, hd]; slots >= P are zero. T is
+    P + budget, rounded up to a multiple of DECODE_CHUNK when longer than one chunk."""
+    width = cache.k.shape[2]
+    total = width + budget
+    if total > DECODE_CHUNK:
+        total = -(-total // DECODE_CHUNK) * DECODE_CHUNK
+
     def convert(x):
-        x = jnp.pad(jnp.swapaxes(x, 2, 3), ((0, 0), (0, 0), (0, 0), (0, budget), (0, 0)))
+        x = jnp.pad(jnp.swapaxes(x, 2, 3), ((0, 0), (0, 0), (0, 0), (0, total - width), (0, 0)))
         if stacked:
             return constrain(x, ("layers", *_LAYER_CACHE_AXES))
         return tuple(constrain(x[layer], _LAYER_CACHE_AXES) for layer in range(x.shape[0]))
 
     return convert(cache.k), convert(cache.v)
+
+
+def _attend(q, k_cache, v_cache, layer, valid, slot):
+    """One query per row against the cache slots written so far: q [b, 1, heads, hd] -> [b, kv, group, hd] (float32).
+
+    The slots are read in chunks of DECODE_CHUNK and a chunk that starts after ``slot`` is skipped (lax.cond), so a
+    step reads the keys and values it attends to rather than the whole budget; chunks are merged with an online
+    softmax as in the training kernels. ``layer`` None: the caches are this layer's [b, kv, slots, hd]; else the
+    stacked [layers, ...] ones, and only this layer's chunk is read from them."""
+    b, _, h, d = q.shape
+    slots = k_cache.shape[-2]
+    kv = k_cache.shape[-3]
+    qg = q.reshape(b, kv, h // kv, d)  # head = kv_head * group + g, as in the training kernels
+    size = min(DECODE_CHUNK, slots)
+
+    def read(cache, start):
+        if layer is None:
+            return jax.lax.dynamic_slice_in_dim(cache, start, size, axis=2)
+        at = (layer, jnp.int32(0), jnp.int32(0), jnp.asarray(start, jnp.int32), jnp.int32(0))
+        return jax.lax.dynamic_slice(cache, at, (1, *cache.shape[1:3], size, cache.shape[4]))[0]
+
+    def chunk(carry, start):
+        m, l, acc = carry
+        k, v, ok = read(k_cache, start), read(v_cache, start), jax.lax.dynamic_slice_in_dim(valid, start, size, 3)
+        scores = jnp.einsum("bkgd,bktd->bkgt", qg, k, preferred_element_type=jnp.float32) / float(d) ** 0.5
+        m_new = jnp.maximum(m, jnp.where(ok, scores, _NEG).max(axis=-1))
+        p = jnp.where(ok, jnp.exp(scores - m_new[..., None]), 0.0)
+        corr = jnp.exp(m - m_new)
+        acc = acc * corr[..., None] + jnp.einsum("bkgt,bktd->bkgd", p.astype(v.dtype), v,
+                                                 preferred_element_type=jnp.float32)
+        return m_new, l * corr + p.sum(axis=-1), acc
+
+    carry = (jnp.full(qg.shape[:3], _NEG, jnp.float32), jnp.zeros(qg.shape[:3], jnp.float32),
+             jnp.zeros(qg.shape, jnp.float32))
+    for c in range(slots // size):  # slots is one chunk or a multiple of DECODE_CHUNK (see _head_major)
+        if c == 0:  # every row's prompt starts in chunk 0
+            carry = chunk(carry, 0)
+        else:
+            carry = jax.lax.cond(c * size <= slot, lambda cr, st=c * size: chunk(cr, st), lambda cr: cr, carry)
+    m, l, acc = carry
+    return acc / l[..., None]
 
 
 def _decode_step(model: Llama, tok, positions, cache, slot, mask):
@@ -187,27 +239,19 @@ def _decode_step(model: Llama, tok, positions, cache, slot, mask):
     def block_step(block, x, k_cache, v_cache, layer=None):
         """``layer`` None: k_cache/v_cache are this layer's [b, kv, slots, hd]; else the stacked [layers, ...] ones,
         written at that layer (only the new slot moves) and read from it."""
-        q, k, v = block.attn.project(block.input_norm(x), cos, sin)  # q [b, 1, heads, hd], k/v [b, 1, kv, hd]
+        q, k, v = block.attn.project(block.input_norm(x), cos, sin, fused=False)  # q [b,1,heads,hd], k/v [b,1,kv,hd]
         k, v = jnp.swapaxes(k, 1, 2).astype(k_cache.dtype), jnp.swapaxes(v, 1, 2).astype(v_cache.dtype)
         at = (jnp.int32(0), jnp.int32(0), jnp.asarray(slot, jnp.int32), jnp.int32(0))
         if layer is None:
             k_cache = constrain(jax.lax.dynamic_update_slice(k_cache, k, at), _LAYER_CACHE_AXES)
             v_cache = constrain(jax.lax.dynamic_update_slice(v_cache, v, at), _LAYER_CACHE_AXES)
-            k_layer, v_layer = k_cache, v_cache
         else:
-            at = (layer, *at)
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k[None], at)
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v[None], at)
-            k_layer = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)
-            v_layer = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k[None], (layer, *at))
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v[None], (layer, *at))
+        out = _attend(q, k_cache, v_cache, layer, valid, slot)
         b, _, h, d = q.shape
-        kv = k_layer.shape[1]
-        qg = q.reshape(b, kv, h // kv, d)  # head = kv_head * group + g, as in the training kernels
-        scores = jnp.einsum("bkgd,bktd->bkgt", qg, k_layer, preferred_element_type=jnp.float32) / float(d) ** 0.5
-        probs = jnp.where(valid, jax.nn.softmax(jnp.where(valid, scores, _NEG), axis=-1), 0.0)
-        out = jnp.einsum("bkgt,bktd->bkgd", probs.astype(v_layer.dtype), v_layer, preferred_element_type=jnp.float32)
         x = x + block.attn.output(out.reshape(b, 1, h, d).astype(q.dtype))
-        x = x + block.mlp(block.post_attn_norm(x))
+        x = x + block.mlp(block.post_attn_norm(x), fused=False)
         return constrain(x, ("act_batch", "act_length", "act_embed")), k_cache, v_cache
 
     k_all, v_all = cache

@@ -90,16 +90,24 @@ class Attention(nnx.Module):
         out = attention(q, k, v, segment_ids, positions, causal=True, impl=self.impl, block=self.block)
         return self.output(out)
 
-    def project(self, x, cos, sin):
-        """Rotated q [b, s, heads, hd] and k, v [b, s, kv_heads, hd]; shared by training and the KV-cache path."""
+    def project(self, x, cos, sin, fused: bool = True):
+        """Rotated q [b, s, heads, hd] and k, v [b, s, kv_heads, hd]; shared by training and the KV-cache path.
+
+        ``fused``: one matmul over q, k and v concatenated along heads (parameters stay separate). The concatenation
+        copies the weights, which costs nothing next to a long sequence but doubles the weight traffic of a one-token
+        decode step, so decoding passes False and runs three matmuls over the weights as they are."""
         dt = x.dtype
         h, kv = self.q_proj.shape[1], self.k_proj.shape[1]
-        # One matmul for q, k and v (concatenated along heads at compute time; parameters stay separate).
-        w = jnp.concatenate([self.q_proj[...], self.k_proj[...], self.v_proj[...]], axis=1).astype(dt)
-        qkv = jnp.einsum("bsd,dhk->bshk", x, w)
-        if self.qkv_bias:
-            qkv = qkv + jnp.concatenate([self.q_bias[...], self.k_bias[...], self.v_bias[...]], axis=0).astype(dt)
-        q, k, v = qkv[:, :, :h], qkv[:, :, h : h + kv], qkv[:, :, h + kv :]
+        if fused:
+            w = jnp.concatenate([self.q_proj[...], self.k_proj[...], self.v_proj[...]], axis=1).astype(dt)
+            qkv = jnp.einsum("bsd,dhk->bshk", x, w)
+            if self.qkv_bias:
+                qkv = qkv + jnp.concatenate([self.q_bias[...], self.k_bias[...], self.v_bias[...]], axis=0).astype(dt)
+            q, k, v = qkv[:, :, :h], qkv[:, :, h : h + kv], qkv[:, :, h + kv :]
+        else:
+            q, k, v = (jnp.einsum("bsd,dhk->bshk", x, w[...].astype(dt)) for w in (self.q_proj, self.k_proj, self.v_proj))
+            if self.qkv_bias:
+                q, k, v = (y + b[...].astype(dt) for y, b in zip((q, k, v), (self.q_bias, self.k_bias, self.v_bias)))
         q = constrain(apply_rope(q, cos, sin), ("act_batch", "act_length", "act_heads", None))
         k = constrain(apply_rope(k, cos, sin), ("act_batch", "act_length", "act_kv_heads", None))
         v = constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
@@ -116,11 +124,14 @@ class MLP(nnx.Module):
         self.up_proj = _param(rngs, (d, f), ("embed", "mlp"), std)
         self.down_proj = _param(rngs, (f, d), ("mlp", "embed"), std)
 
-    def __call__(self, x):
+    def __call__(self, x, fused: bool = True):
         dt = x.dtype
-        f = self.gate_proj.shape[1]
-        gate_up = x @ jnp.concatenate([self.gate_proj[...], self.up_proj[...]], axis=1).astype(dt)  # one matmul
-        gate, up = gate_up[..., :f], gate_up[..., f:]
+        if fused:  # one matmul over gate and up (see Attention.project for when not)
+            f = self.gate_proj.shape[1]
+            gate_up = x @ jnp.concatenate([self.gate_proj[...], self.up_proj[...]], axis=1).astype(dt)
+            gate, up = gate_up[..., :f], gate_up[..., f:]
+        else:
+            gate, up = x @ self.gate_proj[...].astype(dt), x @ self.up_proj[...].astype(dt)
         hidden = constrain(jax.nn.silu(gate) * up, ("act_batch", "act_length", "act_mlp"))
         return hidden @ self.down_proj[...].astype(dt)
 
