@@ -58,7 +58,7 @@ def test_scan_and_remat_match_unrolled():
     ref_model = Llama(tiny(), nnx.Rngs(3))
     ref = np.asarray(logits_of(ref_model, batch))
     _, ref_state = nnx.split(ref_model)
-    for scan, remat in [(True, "none"), (False, "full"), (True, "dots")]:
+    for scan, remat in [(True, "none"), (False, "full"), (True, "dots"), (True, "minimal")]:
         model = Llama(tiny(scan_layers=scan, remat=remat), nnx.Rngs(3))
         np.testing.assert_allclose(np.asarray(logits_of(model, batch)), ref, atol=1e-5)
         if remat != "none":
@@ -70,6 +70,18 @@ def test_scan_and_remat_match_unrolled():
             assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(jax.grad(loss)(state)))
 
 
+def test_minimal_remat_never_reruns_the_attention_kernel(monkeypatch):
+    """remat=minimal saves the fused kernel's outputs: the gradient runs its forward once (dots would run it twice)."""
+    monkeypatch.setenv("SFTJAX_PALLAS_INTERPRET", "1")
+    batch = packed_batch(np.random.default_rng(2), [[30, 60], [100]], seq_len=128, vocab=512)
+    counts = {}
+    for remat in ("none", "minimal", "dots"):
+        graphdef, state = nnx.split(Llama(tiny(scan_layers=True, remat=remat, attention="pallas_gpu"), nnx.Rngs(3)))
+        grad = jax.grad(lambda st: logits_of(nnx.merge(graphdef, st), batch).sum())
+        counts[remat] = str(jax.make_jaxpr(grad)(state)).count("jaxpr=sftjax_packed_attention_fwd")
+    assert counts == {"none": 1, "minimal": 1, "dots": 2}
+
+
 PUBLISHED = {  # parameter counts of the released checkpoints
     "smollm2_135m": 134_515_008,
     "llama1_7b": 6_738_415_616,
@@ -77,6 +89,7 @@ PUBLISHED = {  # parameter counts of the released checkpoints
     "llama1_33b": 32_528_943_616,
     "llama2_7b": 6_738_415_616,
     "llama2_13b": 13_015_864_320,
+    "llama3_2_1b": 1_235_814_400,
     "llama3_8b": 8_030_261_248,
     "llama3_1_8b": 8_030_261_248,
     "mistral_7b": 7_248_023_552,

@@ -12,7 +12,7 @@ from sftjax.config.base import _require
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLS = ("auto", "dense", "blockwise", "sdpa", "pallas_gpu", "splash")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = ("none", "minimal", "full", "dots", "dots_no_batch")
 ARCHITECTURES = ("llama", "mistral", "qwen2")
 EMBEDDED_MODELS = ("smollm2-135m-instruct",)  # shipped inside a PyPI package (see sftjax.ckpt.gguf)
 

@@ -161,8 +161,16 @@ class Block(nnx.Module):
         return constrain(x, ("act_batch", "act_length", "act_embed")), cache
 
 
+def _save_matmuls_and_attention(prim, *_, **__) -> bool:
+    """Save every matmul output and the fused attention kernels' outputs (with their residuals); recompute the
+    elementwise work (norms, rotary, SiLU), as XLA's fusion does by itself for unrolled layers but cannot inside a
+    scan, whose residuals are fixed before XLA sees them. dots_saveable alone would rerun the attention forward."""
+    return prim.name == "dot_general" or prim.name == "pallas_call" or "dot_product_attention" in prim.name
+
+
 _REMAT_POLICIES = {
     "full": None,
+    "minimal": _save_matmuls_and_attention,
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
