@@ -8,12 +8,32 @@ from __future__ import annotations
 import itertools
 import time
 
+from pathlib import Path
+
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+from omegaconf import OmegaConf
 
+from sftjax.config import ModelConfig, to_model_config
 from sftjax.data.packing import pack, shifted
+
+PRESETS = Path(__file__).resolve().parent.parent / "conf" / "model"
+MODELS = ["58m"] + sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def model_config(name: str, max_positions: int, **overrides) -> ModelConfig:
+    """``58m`` (Llama d512, 8 layers, 8 heads, ffn 1408, vocab 32000, untied: the CPU reference) or a conf/model
+    preset's shapes (random init, never its init_from), with ``overrides`` (attention, scan_layers, remat, dtype...)."""
+    if name == "58m":
+        cfg = ModelConfig(name="bench58m", vocab_size=32000, hidden_size=512, intermediate_size=1408, num_layers=8,
+                          num_heads=8, num_kv_heads=8, max_position_embeddings=max_positions, **overrides)
+    else:
+        values = OmegaConf.to_container(OmegaConf.load(PRESETS / f"{name}.yaml"))
+        cfg = to_model_config({**values, "init_from": "", **overrides})
+    cfg.validate()
+    return cfg
 
 
 def packed_rows(n_rows: int, seq: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:

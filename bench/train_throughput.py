@@ -30,11 +30,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from _common import compute_dtype, device_peak_bytes, gib, matmul_peak, packed_rows, short_error, xla_bytes
+from _common import MODELS, compute_dtype, device_peak_bytes, gib, matmul_peak, packed_rows, short_error, xla_bytes
+from _common import model_config as preset_config
 from flax import nnx
-from omegaconf import OmegaConf
 
-from sftjax.config import ModelConfig, OptimConfig, TrainConfig, to_model_config
+from sftjax.config import ModelConfig, OptimConfig, TrainConfig
 from sftjax.model.attention import resolve
 from sftjax.model.flops import matmul_params, param_count, train_flops
 from sftjax.parallel.mesh import make_mesh
@@ -45,20 +45,12 @@ from sftjax.train.optimizer import make_optimizer
 from sftjax.train.state import abstract_model, init_train_state
 from sftjax.train.step import jit_train_step, make_train_step
 
-PRESETS = Path(__file__).resolve().parent.parent / "conf" / "model"
 H100_BF16_DENSE = 989e12  # H100/H200 SXM datasheet, dense bf16
 
 
 def model_config(args, attention: str = "auto") -> ModelConfig:
-    common = dict(attention=attention, attention_block=args.block, scan_layers=args.scan, remat=args.remat)
-    if args.model == "58m":
-        cfg = ModelConfig(name="bench58m", vocab_size=32000, hidden_size=512, intermediate_size=1408, num_layers=8,
-                          num_heads=8, num_kv_heads=8, max_position_embeddings=args.seq, **common)
-    else:
-        values = OmegaConf.to_container(OmegaConf.load(PRESETS / f"{args.model}.yaml"))
-        cfg = to_model_config({**values, "init_from": "", **common})
-    cfg.validate()
-    return cfg
+    return preset_config(args.model, args.seq, attention=attention, attention_block=args.block,
+                         scan_layers=args.scan, remat=args.remat)
 
 
 def first_pass(graphdef, mesh):
@@ -150,7 +142,7 @@ def bench_hf(args, cfg, batches, compiled_mode: bool):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="58m", choices=["58m"] + sorted(p.stem for p in PRESETS.glob("*.yaml")))
+    ap.add_argument("--model", default="58m", choices=MODELS)
     ap.add_argument("--steps", type=int, default=5, help="timed steps")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling")
     ap.add_argument("--rows", type=int, default=1, help="packed rows per step")
