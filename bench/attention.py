@@ -19,8 +19,10 @@ resolve(), out of memory, ...) prints its error on one line and the rest still r
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +116,7 @@ def main():
     ap.add_argument("--impls", default=",".join(IMPLEMENTATIONS))
     ap.add_argument("--interpret", action="store_true",
                     help="run the Pallas kernels (pallas_gpu, splash) in interpret mode: tiny shapes only")
+    ap.add_argument("--json", default=None, help="write every figure here")
     args = ap.parse_args()
     args.impls = args.impls.split(",")
     if args.interpret:
@@ -136,6 +139,9 @@ def main():
     widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
     for row in [cols] + rows:
         print("  ".join(str(x).rjust(w) if i > 1 else str(x).ljust(w) for i, (x, w) in enumerate(zip(row, widths))))
+    if args.json:
+        setup = dict(vars(args), backend=jax.default_backend(), device=jax.devices()[0].device_kind, dtype=dtype.name)
+        Path(args.json).write_text(json.dumps(dict(setup=setup, runs=results), indent=1))
 
 
 if __name__ == "__main__":
