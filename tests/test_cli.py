@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny", "model.attention_block=64", "data.seq_len=128", "train.global_batch_size=4",
@@ -96,3 +97,50 @@ def test_train_runs_a_dmt_curriculum(tmp_path):
     stats = json.load(open(run_dir / "data_stats.json"))
     assert stats["specialized"]["arith"]["examples"] == 40  # one epoch of the 40 selected
     assert stats["general_plus_k"]["arith"]["examples"] == 20 and stats["general_plus_k"]["prose"]["examples"] == 22
+
+
+def user_config_dir(tmp_path: Path) -> Path:
+    """A user's --config-dir holding only their own data/, eval/ and mesh/ mine.yaml (data: the fixture sources at
+    seq 128; eval: a batch size of 3 and no suites)."""
+    conf = tmp_path / "conf"
+    for group in ("data", "eval", "mesh"):
+        (conf / group).mkdir(parents=True)
+    (conf / "eval" / "mine.yaml").write_text("batch_size: 3\nsuites: {}\n")
+    fixture = (ROOT / "conf" / "data" / "fixture.yaml").read_text()
+    (conf / "data" / "mine.yaml").write_text(fixture.replace("name: fixture", "name: mine")
+                                             .replace("seq_len: 512", "seq_len: 128"))
+    (conf / "mesh" / "mine.yaml").write_text("data: 1\nfsdp: 1\ntensor: 1\n")
+    return conf
+
+
+def test_config_dir_adds_to_the_package_configs_for_every_entry_point(tmp_path):
+    """--config-dir DIR adds DIR to the search path (the package's conf/ stays) in train, eval, generate, data
+    inspect and dryrun: a DIR with only the user's own data/NAME.yaml (eval: eval/NAME.yaml) is enough."""
+    from sftjax.cli.dryrun import parse_args
+
+    conf = user_config_dir(tmp_path)
+    for module, args in (("train", [f"run_dir={tmp_path / 'r'}", "data=mine"]), ("eval", ["eval=mine"]),
+                         ("generate", ["mesh=mine"])):
+        r = subprocess.run([sys.executable, "-m", f"sftjax.cli.{module}", "--config-dir", str(conf), *args, "--cfg",
+                            "job"], env=train_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (module, r.stderr[-2000:])
+        expected = {"train": "name: mine", "eval": "batch_size: 3", "generate": "fsdp: 1"}[module]
+        assert expected in r.stdout, (module, r.stdout)
+    r = subprocess.run([sys.executable, "-m", "sftjax.cli.data", "inspect", "--config-dir", str(conf), "data=mine",
+                        "train.global_batch_size=4", "inspect.batches=1"], env=train_env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "stage main" in r.stdout
+    cfg, _ = parse_args(["--config-dir", str(conf), "data=mine", "model=tiny"])
+    assert cfg.data.name == "mine" and cfg.data.seq_len == 128 and cfg.model.name == "tiny"
+
+
+def test_bad_input_is_reported_config_dir(tmp_path):
+    from sftjax.cli.dryrun import parse_args
+    from sftjax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no such directory"):
+        parse_args(["--config-dir", str(tmp_path / "nowhere"), "data=mine"])
+    r = subprocess.run([sys.executable, "-m", "sftjax.cli.data", "inspect", "--config-dir", str(tmp_path),
+                        "data=mine"], env=train_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "mine" in r.stderr and "Traceback" not in r.stderr

@@ -45,7 +45,9 @@ def _inspect(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
-    from sftjax.config import ConfigError, check_override_keys, register_configs, to_config
+    from hydra.errors import HydraException
+
+    from sftjax.config import ConfigError, check_override_keys, compose_config
 
     keys = {"batches": "4", "json": "", "show": "3"}
     overrides = []
@@ -64,15 +66,10 @@ def _inspect(args: argparse.Namespace) -> None:
     if batches < 1:
         raise ConfigError(f"config key 'inspect.batches': expected a positive integer, got {batches}")
     check_override_keys(overrides)
-    register_configs()
-    from hydra import compose, initialize_config_dir, initialize_config_module
-
-    if args.config_dir:
-        init = initialize_config_dir(config_dir=str(Path(args.config_dir).absolute()), version_base=None)
-    else:
-        init = initialize_config_module(config_module="sftjax.conf", version_base=None)
-    with init:
-        cfg = to_config(compose(config_name="config", overrides=["run_dir=unused", *overrides]))
+    try:
+        cfg = compose_config(["run_dir=unused", *overrides], config_dir=args.config_dir)
+    except HydraException as e:  # an unknown data=NAME: Hydra's message lists what the search path offers
+        raise ConfigError(" ".join(str(e).split("\nConfig search path")[0].split())) from None
     from sftjax.data.inspect import inspect_data, print_report
 
     report = inspect_data(cfg, batches, show=show, log=lambda m: print(m, file=sys.stderr))

@@ -1,6 +1,6 @@
 """sftjax-dryrun: plan a training run without running it (`python -m sftjax.cli.dryrun`).
 
-    sftjax-dryrun model=llama1_7b mesh.fsdp=64 data.seq_len=2048 train.global_batch_size=64 \\
+    sftjax-dryrun [--config-dir DIR] model=llama1_7b mesh.fsdp=64 data.seq_len=2048 train.global_batch_size=64 \\
         model.dtype=bfloat16 model.scan_layers=true model.remat=full dryrun.memory_gib=80 dryrun.peak_flops=989e12
 
 Takes sftjax-train's config and overrides, plus ``dryrun.*``:
@@ -38,7 +38,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sftjax.cli import config_errors
-from sftjax.config import Config, ConfigError, check_override_keys, compose_config
+from sftjax.config import Config, ConfigError, check_override_keys, compose_config, split_config_dir
 
 PROG = "sftjax-dryrun"
 GIB = 2**30
@@ -68,6 +68,7 @@ class DryrunAppConfig(Config):
 
 def parse_args(argv: list[str]) -> tuple[Config, DryrunConfig]:
     """Split ``dryrun.*`` from the training overrides; compose and validate both (ConfigError on bad input)."""
+    config_dir, argv = split_config_dir(argv)
     check_override_keys(argv, DryrunAppConfig)
     ours = [a for a in argv if a.startswith("dryrun.")]
     rest = [a for a in argv if not a.startswith("dryrun.")]
@@ -81,7 +82,7 @@ def parse_args(argv: list[str]) -> tuple[Config, DryrunConfig]:
     assert isinstance(dry, DryrunConfig)
     dry.validate()
     try:
-        return compose_config(rest), dry
+        return compose_config(rest, config_dir=config_dir), dry
     except HydraException as e:  # an unknown group option, a value of the wrong type: one line, not a traceback
         msg = str(e).split("\nConfig search path")[0].strip()
         cause = f" ({str(e.__cause__).splitlines()[0]})" if e.__cause__ else ""

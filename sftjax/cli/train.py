@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sftjax.cli import config_errors
-from sftjax.config import ConfigError, check_override_keys, register_configs, to_config
+from sftjax.config import ConfigError, check_override_keys, compose_dict, register_configs, split_config_dir, to_config
 from sftjax.train.run_dir import check_run_dir
 
 log = logging.getLogger("sftjax")
@@ -67,35 +67,17 @@ def _main(dcfg: DictConfig) -> None:
 
 def check_sweep(argv: list[str]) -> None:
     """Count a multirun's grid (the preset's hydra.sweeper.params and the command line) against sweep.max_jobs."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
     from sftjax.sweep import check_sweep_size, count_jobs
 
-    overrides, config_dir, i = [], None, 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
-            config_dir, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config-dir="):
-            config_dir = arg.split("=", 1)[1]
-        elif not arg.startswith("-"):
-            overrides.append(arg)
-        i += 1
+    config_dir, args = split_config_dir(argv)
+    overrides = [a for a in args if not a.startswith("-")]
     plain = [o for o in overrides if not _is_sweep(o)]  # compose one point of the grid to read the preset
-    if config_dir:
-        plain.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
-    from hydra.errors import HydraException
-
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_module(config_module="sftjax.conf", version_base=None):
-            composed = compose(config_name="config", overrides=plain, return_hydra_config=True)
+        composed = compose_dict(plain, config_dir=config_dir, hydra_keys=True)
     except HydraException as e:  # e.g. an unknown preset: Hydra's message lists the available ones
         raise ConfigError(str(e)) from None
-    finally:
-        GlobalHydra.instance().clear()
     params = dict(composed.hydra.sweeper.get("params") or {})
     check_override_keys([f"{k}={v}" for k, v in params.items()])  # a preset's sweep axes are config keys too
     n_jobs, axes = count_jobs(overrides, params)

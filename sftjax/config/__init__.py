@@ -32,7 +32,7 @@ __all__ = [
     "FORMATS", "TEMPLATES", "FilterConfig", "SourceConfig", "MixConfig", "StageConfig", "StrategyConfig", "DataConfig",
     "SUITE_KINDS", "JudgeConfig", "SuiteConfig", "EvalConfig", "GenerateConfig",
     "Config", "GenerateAppConfig", "EvalAppConfig", "FIXTURE_DIR", "register_configs", "job_dirname",
-    "compose_config", "to_config", "PRESET_GROUPS", "check_override_keys", "to_dict",
+    "compose_config", "compose_dict", "split_config_dir", "to_config", "PRESET_GROUPS", "check_override_keys", "to_dict",
 ]
 
 
@@ -157,13 +157,49 @@ def job_dirname(override_dirname: str, limit: int = 160) -> str:
     return name.replace("/", "_")
 
 
-def compose_config(overrides: list[str] = (), config_name: str = "config") -> Config:
-    """Compose conf/ with overrides outside a Hydra app (tests, notebooks) and validate it."""
+def split_config_dir(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(DIR, the other arguments) from ``--config-dir DIR``, ``--config-dir=DIR`` or ``-cd DIR``, as Hydra apps take it."""
+    config_dir, rest, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            config_dir, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config-dir="):
+            config_dir = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    return config_dir, rest
+
+
+def compose_dict(overrides: list[str] = (), config_name: str = "config", config_dir: str | Path | None = None,
+                 hydra_keys: bool = False) -> DictConfig:
+    """The one way sftjax composes configs outside a Hydra app: the package's conf/, plus ``config_dir`` added to
+    the search path the way ``--config-dir`` does for sftjax-train (a user directory holding only data/NAME.yaml is
+    enough; the package's configs stay)."""
     from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
-    with initialize_config_module(config_module="sftjax.conf", version_base=None):
-        return to_config(compose(config_name=config_name, overrides=list(overrides)))
+    overrides = list(overrides)
+    if config_dir is not None:
+        path = Path(config_dir).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError(f"--config-dir {config_dir}: no such directory")
+        overrides.append(f"hydra.searchpath=[file://{path}]")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="sftjax.conf", version_base=None):
+            return compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra_keys)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def compose_config(overrides: list[str] = (), config_name: str = "config",
+                   config_dir: str | Path | None = None) -> Config:
+    """Compose conf/ (and ``config_dir``) with overrides outside a Hydra app (CLIs, tests, notebooks) and validate."""
+    return to_config(compose_dict(overrides, config_name, config_dir))
 
 
 def to_config(cfg: DictConfig | dict, schema: type = Config):
