@@ -64,3 +64,56 @@ def test_generate_bad_input_is_reported(hf_dir, tmp_path):
     assert r.returncode == 2 and "model.init_from" in r.stderr
     r = run_generate(f"model.init_from=hf:{hf_dir}", "generate.chat=w1", "generate.max_new_tokns=3")
     assert r.returncode == 2 and "did you mean 'generate.max_new_tokens'" in r.stderr
+
+
+CHAT = [{"role": "system", "content": "w1 w2"}, {"role": "user", "content": "w3 w4"},
+        {"role": "assistant", "content": "w5 w6"}, {"role": "user", "content": "w7"}]
+
+
+def training_prefix(tokenizer, template: str, messages: list[dict]) -> list[int]:
+    """What training rendered of ``messages`` plus an answer, before that answer's first trained token."""
+    from sftjax.data.formats import Conversation, Turn
+    from sftjax.data.templates import render
+
+    turns = [Turn(m["role"], m["content"]) for m in messages if m["role"] != "system"] + [Turn("assistant", "w8")]
+    system = messages[0]["content"] if messages[0]["role"] == "system" else None
+    ids, trained = render(Conversation(turns=turns, system=system), tokenizer, template)
+    start = max(i for i in range(1, len(trained)) if trained[i] and not trained[i - 1])
+    return ids[:start]
+
+
+@pytest.fixture(scope="module")
+def loaded_hf(hf_dir):
+    import jax
+
+    from sftjax.ckpt.init_from import load_model
+    from sftjax.config import ModelConfig
+    from sftjax.parallel.mesh import make_mesh
+
+    mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    return load_model(f"hf:{hf_dir}", ModelConfig(), mesh, log=lambda m: None), mesh
+
+
+@pytest.mark.parametrize("template", ["auto", "vicuna_v1.1", "llama2", "chatml"])
+def test_generate_prompt_equals_training_prefix(hf_dir, loaded_hf, tmp_path, template):
+    """A run trained with ``template`` is prompted by sftjax-generate exactly as training rendered the prompt (not
+    with the tokenizer's own chat template), and stops on the same end-of-turn tokens as eval."""
+    from sftjax.ckpt import hf
+    from sftjax.ckpt.checkpoints import save_params_only
+    from sftjax.ckpt.init_from import load_model
+    from sftjax.cli.generate import encode
+    from sftjax.config import ModelConfig
+    from sftjax.eval.runner import Completer
+
+    base, mesh = loaded_hf
+    run = save_params_only(tmp_path / "run", base.params, base.cfg, extra={"config": {"data": {"template": template}}})
+    hf.copy_tokenizer(hf_dir, run / "tokenizer")
+    m = load_model(str(run), ModelConfig(), mesh, log=lambda m: None)
+    assert m.template == template
+    ids = encode(m.tokenizer, m.template, {"id": 1, "messages": CHAT})
+    assert ids == training_prefix(m.tokenizer, template, CHAT)
+    own = m.tokenizer.apply_chat_template(CHAT, add_generation_prompt=True)
+    assert (ids == list(own["input_ids"])) == (template in ("auto", "chatml"))  # the old path differed
+    completer = Completer(m.graphdef, m.params, m.tokenizer, template=m.template, max_positions=64,
+                          eos_ids=sorted(m.eos_ids))
+    assert completer.eos == m.eos_ids

@@ -197,3 +197,25 @@ def test_bad_input_is_reported_bad_tensors(tmp_path):
     (src / "model.safetensors").rename(src / "pytorch_model.bin")
     with pytest.raises(ConfigError, match="only safetensors"):
         import_model(src, cfg, mesh)
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1.1", "llama2", "chatml"])
+def test_exported_chat_template_renders_like_training(tmp_path, template):
+    """transformers' apply_chat_template on an export of a run trained with ``template`` gives exactly the tokens
+    training used, up to the assistant turn, and generation_config stops on the template's end of turn."""
+    from transformers import AutoTokenizer
+
+    from sftjax.ckpt.init_from import load_model
+    from sftjax.data.templates import end_of_turn_ids
+    from tests.test_cli_generate import CHAT, training_prefix
+
+    src = tmp_path / "src"
+    make_hf_model(src, "llama_gqa")
+    m = load_model(f"hf:{src}", ModelConfig(), make_mesh((1, 1, 1), devices=jax.devices()[:1]), log=lambda m: None)
+    dst = hf.save_hf(m.params, m.cfg, tmp_path / "hf", tokenizer_dir=src, template=template, log=lambda m: None)
+    exported = AutoTokenizer.from_pretrained(dst)
+    for messages in (CHAT, CHAT[1:2]):
+        got = exported.apply_chat_template(messages, add_generation_prompt=True)
+        assert list(got["input_ids"]) == training_prefix(m.tokenizer, template, messages)
+    eos = json.loads((dst / "generation_config.json").read_text())["eos_token_id"]
+    assert set(eos if isinstance(eos, list) else [eos]) == end_of_turn_ids(m.tokenizer)

@@ -149,6 +149,12 @@ def restore_params(root: Path, step: int, abstract_params: dict) -> dict:
     return got.params
 
 
+def trained_template(meta: dict) -> str:
+    """The chat template a checkpoint's run trained with (its recorded data.template); ``auto`` when it records none
+    (an imported checkpoint)."""
+    return ((meta.get("config") or {}).get("data") or {}).get("template") or "auto"
+
+
 def model_config_of(meta: dict) -> ModelConfig:
     from sftjax.config import to_model_config
 

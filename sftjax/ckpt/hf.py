@@ -329,8 +329,12 @@ def _to_host(x) -> np.ndarray:
 
 def save_hf(params: dict, cfg: ModelConfig, dst: str | Path, *, tokenizer_dir: Path | None = None,
             generation_config: dict | None = None, dtype: str = "float32", max_shard_bytes: int = 5 * 2**30,
-            log=print) -> Path:
+            template: str = "auto", log=print) -> Path:
     """Write an HF directory that ``AutoModelForCausalLM.from_pretrained`` loads with no extra code.
+
+    ``template``: the chat template the weights were trained with. A named one is written into the tokenizer as its
+    Jinja ``chat_template`` and its end-of-turn tokens into generation_config's ``eos_token_id``, so transformers'
+    ``apply_chat_template`` and ``generate`` prompt and stop as training did (``auto`` keeps the tokenizer's own).
 
     Every process takes part in gathering sharded parameters; process 0 writes. Shards above ``max_shard_bytes``
     get an index file, as transformers writes them."""
@@ -343,11 +347,18 @@ def save_hf(params: dict, cfg: ModelConfig, dst: str | Path, *, tokenizer_dir: P
         raise ConfigError(f"export dtype: expected float32, bfloat16 or float16, got {dtype!r}")
     dst = Path(dst)
     writer = jax.process_index() == 0
-    tokenizer = None
+    tokenizer, end_of_turn = None, None
     if tokenizer_dir is not None:
         from transformers import AutoTokenizer
 
+        from sftjax.data.templates import end_of_turn_ids, jinja_template
+
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        jinja = jinja_template(tokenizer, template)
+        if jinja is not None:
+            tokenizer.chat_template = jinja
+            eos = (generation_config or {}).get("eos_token_id")
+            end_of_turn = sorted(end_of_turn_ids(tokenizer, eos if isinstance(eos, list) else [eos]))
     config = hf_config(cfg, tokenizer, dtype)
     plan = tensor_plan(cfg)
     item = np.dtype(np_dtype).itemsize
@@ -383,17 +394,19 @@ def save_hf(params: dict, cfg: ModelConfig, dst: str | Path, *, tokenizer_dir: P
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     config.save_pretrained(dst)
-    _write_generation_config(dst, config, generation_config)
+    _write_generation_config(dst, config, generation_config, end_of_turn)
     if tokenizer is not None:
         tokenizer.save_pretrained(dst)
     log(f"export: wrote {len(weight_map)} tensors ({total / 2**20:.1f} MiB, {dtype}) in {len(files)} file(s) to {dst}")
     return dst
 
 
-def _write_generation_config(dst: Path, config, source: dict | None) -> None:
+def _write_generation_config(dst: Path, config, source: dict | None, eos_ids: list[int] | None = None) -> None:
     from transformers import GenerationConfig
 
     gen = GenerationConfig.from_dict(source) if source else GenerationConfig.from_model_config(config)
+    if eos_ids:
+        gen.eos_token_id = eos_ids[0] if len(eos_ids) == 1 else eos_ids
     gen.save_pretrained(dst)
 
 

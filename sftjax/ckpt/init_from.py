@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftjax.ckpt import hf
-from sftjax.ckpt.checkpoints import abstract_like, latest_meta, model_config_of, restore_params
+from sftjax.ckpt.checkpoints import abstract_like, latest_meta, model_config_of, restore_params, trained_template
 from sftjax.config import ConfigError, ModelConfig
 
 
@@ -91,10 +91,21 @@ class LoadedModel:
 
     @property
     def eos_ids(self) -> set[int]:
+        """What ends an answer: the tokenizer's EOS and end of turn, and the weights' generation_config EOS ids."""
+        from sftjax.data.templates import end_of_turn_ids
+
         gen = self.source.generation_config or {}
         ids = gen.get("eos_token_id")
         ids = set(ids) if isinstance(ids, list) else ({ids} if ids is not None else set())
-        return {i for i in ids | {self.tokenizer.eos_token_id} if i is not None}
+        return end_of_turn_ids(self.tokenizer, ids)
+
+    @property
+    def template(self) -> str:
+        """The chat template the weights were trained with: a run's recorded ``data.template``; ``auto`` (the
+        tokenizer's own, which sftjax's HF export sets to the trained one) for an HF directory."""
+        if self.source.kind != "sftjax":
+            return "auto"
+        return trained_template(latest_meta(self.source.path)[2])
 
 
 def load_model(init_from: str, runtime: ModelConfig, mesh, log=print) -> LoadedModel:

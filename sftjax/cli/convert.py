@@ -76,7 +76,7 @@ def sftjax_to_hf(src: Path, dst: Path, dtype: str, max_shard_bytes: int) -> None
     import jax
 
     from sftjax.ckpt import hf
-    from sftjax.ckpt.checkpoints import abstract_like, latest_meta, model_config_of, restore_params
+    from sftjax.ckpt.checkpoints import abstract_like, latest_meta, model_config_of, restore_params, trained_template
     from sftjax.train.state import abstract_model, param_shardings
 
     _fresh_destination(dst)
@@ -94,7 +94,8 @@ def sftjax_to_hf(src: Path, dst: Path, dtype: str, max_shard_bytes: int) -> None
     owner = root.parent
     tokenizer = owner / "tokenizer"
     hf.save_hf(params, cfg, dst, tokenizer_dir=tokenizer if tokenizer.is_dir() else None,
-               generation_config=hf.read_generation_config(owner), dtype=dtype, max_shard_bytes=max_shard_bytes)
+               generation_config=hf.read_generation_config(owner), dtype=dtype, max_shard_bytes=max_shard_bytes,
+               template=trained_template(meta))
     print(f"sftjax-convert: step {step} of {root} -> {dst} in {time.perf_counter() - t0:.1f}s")
 
 

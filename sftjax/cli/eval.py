@@ -5,11 +5,13 @@
 
 The suites are the ones training runs (conf/eval/*.yaml, sftjax.eval.runner), so base and fine-tuned models are
 scored by exactly the same code. The architecture is read from the weights; model.dtype, model.attention and the
-mesh apply as in training; data.template picks the chat template (auto: the tokenizer's own).
+mesh apply as in training. Chat prompts use the template each model was trained with (a run's recorded data.template,
+else the tokenizer's own); data.template=NAME forces one for every model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -41,7 +43,8 @@ def run(app: EvalAppConfig, log=print) -> dict:
     for spec in app.models or [app.model.init_from]:
         log(f"eval: {spec}")
         m = load_model(spec, app.model, mesh, log=log)
-        out[spec] = run_suites(app.eval, graphdef=m.graphdef, params=m.params, tokenizer=m.tokenizer, data=app.data,
+        data = app.data if app.data.template != "auto" else dataclasses.replace(app.data, template=m.template)
+        out[spec] = run_suites(app.eval, graphdef=m.graphdef, params=m.params, tokenizer=m.tokenizer, data=data,
                                mesh=mesh, max_positions=m.cfg.max_position_embeddings,
                                loss_rows=max(batch_rows, app.eval.batch_size // batch_rows * batch_rows),
                                log=log, judges=judges, eos_ids=sorted(m.eos_ids))

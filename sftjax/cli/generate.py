@@ -4,8 +4,10 @@
         generate.max_new_tokens=N generate.temperature=0
     sftjax-generate model.init_from=runs/exp1 generate.chat='What is the capital of France?'
 
-Input lines are {"id": ..., "prompt": "raw text"} (no template) or {"id": ..., "messages": [...]} (the tokenizer's chat
-template with the assistant turn opened); output lines are {"id": ..., "completion": "...", "token_ids": [...]}.
+Input lines are {"id": ..., "prompt": "raw text"} (no template) or {"id": ..., "messages": [...]} (rendered with the
+template the model was trained with: a run's recorded data.template, else the tokenizer's own; the same renderer as
+training and eval, up to where the answer starts); output lines are {"id": ..., "completion": "...", "token_ids":
+[...]}.
 The architecture is read from the weights (config.json or the checkpoint); model.dtype, model.attention and the mesh
 apply as in training.
 """
@@ -25,6 +27,7 @@ from sftjax.cli import config_errors
 from sftjax.config import (ConfigError, GenerateAppConfig, check_override_keys, register_configs,
                            to_config)
 from sftjax.data.jsonl import read_jsonl
+from sftjax.data.templates import prompt_ids
 
 logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax narrates every step at INFO
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU found" is not news
@@ -48,13 +51,13 @@ def read_requests(path: Path) -> list[dict]:
     return requests
 
 
-def encode(tokenizer, rec: dict) -> list[int]:
+def encode(tokenizer, template: str, rec: dict) -> list[int]:
     if "prompt" in rec:
         return list(tokenizer(rec["prompt"])["input_ids"])
-    if not tokenizer.chat_template:
-        raise ConfigError(f"request {rec['id']!r} has messages, but the tokenizer has no chat template")
-    out = tokenizer.apply_chat_template(rec["messages"], add_generation_prompt=True, tokenize=True)
-    return list(out["input_ids"] if hasattr(out, "keys") else out)
+    try:
+        return prompt_ids(tokenizer, template, rec["messages"])
+    except ConfigError as e:
+        raise ConfigError(f"request {rec['id']!r}: {e}") from None
 
 
 def run(app: GenerateAppConfig, log=print) -> list[dict]:
@@ -71,7 +74,7 @@ def run(app: GenerateAppConfig, log=print) -> list[dict]:
     tokenizer, cfg, graphdef, params = loaded.tokenizer, loaded.cfg, loaded.graphdef, loaded.params
     requests = read_requests(Path(g.prompts)) if g.prompts else [
         {"id": "chat", "messages": [{"role": "user", "content": g.chat}]}]
-    prompts = [encode(tokenizer, r) for r in requests]
+    prompts = [encode(tokenizer, loaded.template, r) for r in requests]
     for rec, ids in zip(requests, prompts, strict=True):
         if len(ids) + g.max_new_tokens > cfg.max_position_embeddings:
             raise ConfigError(f"request {rec['id']!r}: {len(ids)} prompt tokens + generate.max_new_tokens="

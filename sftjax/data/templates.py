@@ -23,7 +23,7 @@ import os
 import weakref
 
 from sftjax.config import ConfigError
-from sftjax.data.formats import Conversation, Example, Text
+from sftjax.data.formats import Conversation, Example, Text, Turn
 
 TEMPLATES = ("auto", "chatml", "vicuna_v1.1", "llama2", "none")
 # FastChat's vicuna_v1.1 system message, verbatim.
@@ -253,3 +253,66 @@ def _merge(parts: list) -> list:
         elif not (isinstance(value, str) and not value):
             out.append((value, flag))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inference: the prompt side of the same rendering, the end-of-turn tokens, and the template as Jinja for exports
+
+
+def prompt_ids(tokenizer, template: str, messages) -> list[int]:
+    """Token ids of a chat up to where the model's next answer starts, exactly as training rendered that prefix.
+
+    ``messages``: OpenAI-style ``{"role", "content"}`` dicts, an optional leading ``system`` message, then user and
+    assistant turns ending with a user turn. Every inference path (eval, sftjax-generate, serving) prompts here, so a
+    model is always asked in the format it was trained on."""
+    messages = list(messages)
+    system = None
+    if messages and messages[0].get("role") == "system":
+        system, messages = messages[0]["content"], messages[1:]
+    roles = [m.get("role") for m in messages]
+    if not messages or roles[-1] != "user" or any(r not in ("user", "assistant") for r in roles):
+        given = (["system"] if system is not None else []) + roles
+        raise ConfigError(f"a chat prompt needs an optional system message, then user/assistant turns ending with a "
+                          f"user turn; got roles {given}")
+    turns = [Turn(m["role"], m["content"]) for m in messages] + [Turn("assistant", "")]
+    ids, trained = render(Conversation(turns=turns, system=system), tokenizer, template)
+    # the last answer is empty: its first trained token (the end of turn) is where generation takes over
+    start = max(i for i in range(len(trained)) if trained[i] and (i == 0 or not trained[i - 1]))
+    return list(ids[:start])
+
+
+def end_of_turn_ids(tokenizer, extra=()) -> set[int]:
+    """Tokens that end an answer: the tokenizer's EOS, ChatML's ``<|im_end|>`` when the vocabulary has it (it ends a
+    turn even where eos_token is another token), and ``extra`` (e.g. the weights' generation_config EOS ids)."""
+    ids = {tokenizer.eos_token_id, *extra}
+    if "<|im_end|>" in tokenizer.get_vocab():
+        ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return {i for i in ids if i is not None}
+
+
+def jinja_template(tokenizer, template: str) -> str | None:
+    """``template`` as a Jinja chat template for ``tokenizer`` (what transformers' apply_chat_template runs), so an
+    exported model is prompted as it was trained; None for ``auto`` (the tokenizer's own template already is).
+    Written by hand: these are the named renderers above, restated in the format HF tokenizers carry."""
+    check_template(template)
+    if template == "auto":
+        return None
+    tk = _facts(tokenizer)
+    bos = "{{ bos_token }}" if (tk.bos_id is not None if template == "llama2" else tk.adds_bos) else ""
+    system = "{% set offset = 1 if messages and messages[0]['role'] == 'system' else 0 %}"
+    if template == "chatml":
+        return (bos + "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    if template == "vicuna_v1.1":
+        return (bos + system + "{% if offset %}{{ messages[0]['content'] + ' ' }}{% else %}"
+                + VICUNA_SYSTEM + " {% endif %}{% for m in messages[offset:] %}{% if m['role'] == 'user' %}"
+                "USER: {{ m['content'] }} {% else %}ASSISTANT: {{ m['content'] }}{{ eos_token }}{% endif %}"
+                "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+    if template == "llama2":
+        return (system + "{% for m in messages[offset:] %}{% if m['role'] == 'user' %}{% set content = "
+                "m['content'] %}{% if loop.first and offset %}{% set content = '" + B_SYS.replace("\n", "\\n")
+                + "' + messages[0]['content'] + '" + E_SYS.replace("\n", "\\n") + "' + content %}{% endif %}" + bos
+                + B_INST + " {{ content.strip() }} " + E_INST + "{% else %} {{ m['content'].strip() }} "
+                "{{ eos_token }}{% endif %}{% endfor %}")
+    return (bos + "{% for m in messages %}{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}"
+            "{% endif %}{% endfor %}")  # none

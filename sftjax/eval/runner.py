@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from sftjax.config import ConfigError, DataConfig, EvalConfig, ModelConfig, SourceConfig, SuiteConfig
+from sftjax.data.templates import end_of_turn_ids, prompt_ids
 
 CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")  # Codex paper's stop set
 
@@ -33,27 +34,19 @@ class Completer:
                  batch_size: int = 8, seed: int = 0, eos_ids: Sequence[int] = ()):
         self.graphdef, self.params, self.tokenizer, self.template = graphdef, params, tokenizer, template
         self.max_positions, self.mesh, self.batch_size, self.seed = max_positions, mesh, batch_size, seed
-        self.eos = {i for i in (tokenizer.eos_token_id, *eos_ids) if i is not None}
-        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-        if im_end is not None:
-            self.eos.add(im_end)  # ChatML's end of turn ends an answer even when eos_token is another token
+        self.eos = end_of_turn_ids(tokenizer, eos_ids)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.truncated_prompts = 0
 
     def chat_prompt(self, turns: Sequence[str], answers: Sequence[str] = ()) -> list[int]:
         """Token ids of a conversation (user turns, with the earlier assistant answers) up to where the model's next
         answer starts, rendered exactly as training renders the prompt side of the same conversation."""
-        from sftjax.data.formats import Conversation, Turn
-        from sftjax.data.templates import render
-
-        conv = []
+        messages = []
         for i, user in enumerate(turns):
-            conv.append(Turn("user", user))
-            conv.append(Turn("assistant", answers[i] if i < len(answers) else ""))
-        ids, trained = render(Conversation(turns=conv), self.tokenizer, self.template)
-        # the last answer is empty: its first trained token (the end of turn) is where generation takes over
-        start = max(i for i in range(len(trained)) if trained[i] and (i == 0 or not trained[i - 1]))
-        return list(ids[:start])
+            messages.append({"role": "user", "content": user})
+            if i + 1 < len(turns):
+                messages.append({"role": "assistant", "content": answers[i] if i < len(answers) else ""})
+        return prompt_ids(self.tokenizer, self.template, messages)
 
     def raw_prompt(self, text: str) -> list[int]:
         return list(self.tokenizer(text)["input_ids"])

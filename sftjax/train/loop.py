@@ -289,7 +289,8 @@ def train(cfg: Config, log=print) -> dict:
 
         tokenizer = run_dir / "tokenizer"
         save_hf(state["params"], cfg.model, run_dir / "hf", tokenizer_dir=tokenizer if tokenizer.is_dir() else None,
-                generation_config=read_generation_config(run_dir), dtype=cfg.train.export_dtype, log=log)
+                generation_config=read_generation_config(run_dir), dtype=cfg.train.export_dtype,
+                template=cfg.data.template, log=log)
     summary = {
         "steps": total_steps,
         "first_log": first,
