@@ -17,6 +17,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from sftjax.config import ModelConfig, to_model_config
+from sftjax.data.batch import stack_rows
 from sftjax.data.packing import pack, shifted
 
 PRESETS = Path(__file__).resolve().parent.parent / "conf" / "model"
@@ -47,7 +48,7 @@ def packed_rows(n_rows: int, seq: int, vocab: int, seed: int = 0) -> dict[str, n
         docs.append(shifted(rng.integers(3, vocab, n).astype(np.int32), np.arange(n) >= prompt, 0))
     rows = list(itertools.islice(pack(grain.MapDataset.source(docs).to_iter_dataset(), seq), n_rows))
     assert len(rows) == n_rows, (len(rows), n_rows)
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return stack_rows(rows)
 
 
 def compute_dtype():

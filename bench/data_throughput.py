@@ -50,7 +50,7 @@ def tiny_appetite(seq_len: int, rows: int, steps: int = 5) -> float:
 
     from sftjax.config import ModelConfig, OptimConfig
     from sftjax.parallel.mesh import make_mesh
-    from sftjax.train.loop import global_batch_to_device
+    from sftjax.data.batch import to_device
     from sftjax.train.optimizer import make_optimizer
     from sftjax.train.state import init_train_state
     from sftjax.train.step import jit_train_step, make_train_step
@@ -67,7 +67,7 @@ def tiny_appetite(seq_len: int, rows: int, steps: int = 5) -> float:
              "loss_mask": np.ones((rows, seq_len), bool), "segment_ids": np.ones((rows, seq_len), np.int32),
              "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (rows, seq_len)).copy(),
              "source_ids": np.zeros((rows, seq_len), np.int32)}
-    device_batch = global_batch_to_device(batch, mesh, rows)
+    device_batch = to_device(batch, mesh, rows)
     state, m = step(state, device_batch)
     jax.block_until_ready(m)
     t0 = time.perf_counter()

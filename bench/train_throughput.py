@@ -39,7 +39,8 @@ from sftjax.model.attention import resolve
 from sftjax.model.flops import matmul_params, param_count, train_flops
 from sftjax.parallel.mesh import make_mesh
 from sftjax.parallel.rules import activation_mesh
-from sftjax.train.loop import attended_pairs, global_batch_to_device
+from sftjax.data.batch import to_device
+from sftjax.train.loop import attended_pairs
 from sftjax.train.loss import masked_token_losses
 from sftjax.train.optimizer import make_optimizer
 from sftjax.train.state import abstract_model, init_train_state
@@ -73,7 +74,7 @@ def bench_sftjax(args, impl, batches, mesh, reference):
     cfg = model_config(args, impl)
     optimizer, schedule = make_optimizer(OptimConfig(lr=1e-4), 1000)
     graphdef, state, shardings = init_train_state(cfg, optimizer, mesh, seed=0)
-    dev = [global_batch_to_device(b, mesh, args.rows) for b in batches]
+    dev = [to_device(b, mesh, args.rows) for b in batches]
     loss0, hidden = first_pass(graphdef, mesh)(state["params"], dev[0])
     ref0, ref_hidden = reference(state["params"], dev[0])  # not donated here; the train step's params are
     hidden_err = float(jnp.abs(hidden - ref_hidden).max() / jnp.abs(ref_hidden).max())

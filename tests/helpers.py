@@ -18,6 +18,7 @@ from sftjax.config import (
     StageConfig,
     TrainConfig,
 )
+from sftjax.data.batch import empty_row, stack_rows
 
 
 @dataclass(eq=False)
@@ -28,15 +29,8 @@ class Document:
 
 
 def materialize(docs: list[Document], seq_len: int) -> dict[str, np.ndarray]:
-    """Hand-packed row in the batch contract (sftjax.data.packing), documents in the given order."""
-    out = {
-        "input_ids": np.zeros(seq_len, np.int32),
-        "targets": np.zeros(seq_len, np.int32),
-        "loss_mask": np.zeros(seq_len, bool),
-        "segment_ids": np.zeros(seq_len, np.int32),
-        "positions": np.zeros(seq_len, np.int32),
-        "source_ids": np.full(seq_len, -1, np.int32),
-    }
+    """Hand-packed row in the batch contract (sftjax.data.batch), documents in the given order."""
+    out = empty_row(seq_len)
     at = 0
     for seg, doc in enumerate(docs, 1):
         n = len(doc.tokens) - 1
@@ -67,7 +61,7 @@ def packed_batch(rng: np.random.Generator, rows: list[list[int]], seq_len: int, 
     for r, lengths in enumerate(rows):
         docs = random_documents(rng, lengths, vocab, source=r % sources)
         out.append(materialize(docs, seq_len))
-    return {k: np.stack([row[k] for row in out]) for k in out[0]}
+    return stack_rows(out)
 
 
 def tiny_config(run_dir: str = "unused", **overrides) -> Config:

@@ -65,7 +65,7 @@ def _sandbox_processes() -> list[int]:
         uid = int(fields.get("Uid", "0").split()[0])
         if fields.get("State", "").strip().startswith("Z"):
             continue
-        if b"sftjax-sandbox-" in cmdline or uid >= sandbox._UID_BASE:
+        if b"sftjax-sandbox-" in cmdline or uid >= sandbox.UID_BASE:
             found.append(int(entry))
     return found
 
@@ -189,7 +189,7 @@ def test_network_blocked_even_to_host_loopback():
 
 def test_socket_prelude_blocks_network_in_rlimits_mode(monkeypatch):
     """The weaker fallback used without root: the socket module's constructors refuse."""
-    monkeypatch.setattr(sandbox, "isolation", lambda: sandbox._Isolation("rlimits", sys.executable))
+    monkeypatch.setattr(sandbox, "isolation", lambda: sandbox.Isolation("rlimits", sys.executable))
     ok = run_python("print(sum(range(10)))\n", Limits(timeout_s=10))
     assert ok.status == "passed" and ok.stdout.strip() == "45" and "socket-prelude(weak)" in ok.mechanisms
     r = run_python("import socket\nsocket.create_connection(('127.0.0.1', 9))\n", Limits(timeout_s=10))
@@ -256,5 +256,5 @@ def test_runs_unprivileged_without_escalation():
     )
     assert r.status == "passed", r.stderr
     ids, no_new_privs, su_rc = r.stdout.splitlines()[:3]
-    assert int(ids.split()[0]) >= sandbox._UID_BASE and ids.endswith("[]")  # fresh uid, no supplementary groups
+    assert int(ids.split()[0]) >= sandbox.UID_BASE and ids.endswith("[]")  # fresh uid, no supplementary groups
     assert no_new_privs == "1" and su_rc != "0"  # setuid binaries cannot regain root

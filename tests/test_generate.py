@@ -74,10 +74,10 @@ def test_decode_weights_are_cast_once_to_the_compute_dtype():
     """bf16 compute: the decode loop holds no float32 weight (each step reads every weight at 2 bytes)."""
     model = make_model(tiny(dtype="bfloat16"))
     graphdef, state = nnx.split(model)
-    ids, start = decode._left_pad(prompts_of(), 0, 32, 16)
-    text = decode._generate_padded.lower(
+    ids, start = decode.left_pad(prompts_of(), 0, 32, 16)
+    text = decode.generate_padded.lower(
         nnx.to_pure_dict(state), ids, start, np.asarray([-1], np.int32), np.int32(8), np.int32(0), np.float32(1.0),
-        np.float32(1.0), jax.random.key(0), static=decode._Static(graphdef, model.cfg), budget=32, greedy=True,
+        np.float32(1.0), jax.random.key(0), static=decode.StaticGraph(graphdef, model.cfg), budget=32, greedy=True,
         top_k=0, use_top_p=False, mesh=None).as_text()
     loop = text[text.index("stablehlo.while"):]
     assert "tensor<64x176xf32>" not in loop and "tensor<64x176xbf16>" in loop  # the MLP's gate weight
@@ -140,14 +140,14 @@ def test_eos_stops_a_row_while_others_continue(monkeypatch):
 
     # The loop stops as soon as every row is done, not at max_new_tokens.
     steps = []
-    original = decode._generate_padded
+    original = decode.generate_padded
 
     def spy(*args, **kwargs):
         out = original(*args, **kwargs)
         steps.append(int(out[2]))
         return out
 
-    monkeypatch.setattr(decode, "_generate_padded", spy)
+    monkeypatch.setattr(decode, "generate_padded", spy)
     each_eos = {row[2] for row in full}  # every row's third token is an eos
     got = generate(model, prompts, 24, eos_ids=each_eos)
     assert all(len(row) <= 2 for row in got) and steps == [3]

@@ -303,10 +303,10 @@ def test_strategy_loss_bars_include_the_base_model(tmp_path, monkeypatch):
 def test_a_presets_sweep_axes_are_reported(tmp_path):
     """Axes a preset declares (hydra.sweeper.params in multirun.yaml) are listed with the command line's; a key the
     command line pins is not an axis."""
-    from sftjax.report.collect import _sweep_info
+    from sftjax.report.collect import sweep_info
 
     (tmp_path / "multirun.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create({"hydra": {
         "overrides": {"task": ["experiment=dong2023_strategies", "strategy.amount=1/128,1/4", "size=cpu"]},
         "sweeper": {"params": {"size": "7b,13b", "strategy": "multitask,dmt"}}}})))
-    (info,) = _sweep_info(tmp_path, [])
+    (info,) = sweep_info(tmp_path, [])
     assert info["swept"] == ["strategy.amount=1/128,1/4", "strategy=multitask,dmt"]

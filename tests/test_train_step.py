@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from sftjax.config import ModelConfig, OptimConfig
 from sftjax.parallel.mesh import make_mesh
-from sftjax.train.loop import global_batch_to_device
+from sftjax.data.batch import to_device
 from sftjax.train.optimizer import make_optimizer
 from sftjax.train.state import init_train_state
 from sftjax.train.step import jit_train_step, loss_and_grads, make_train_step
@@ -43,7 +43,7 @@ def _loss_fn(mesh_shape, devices, grad_accum):
 
 def compute(mesh_shape, devices, batch, grad_accum):
     mesh, params, fn = _loss_fn(mesh_shape, tuple(devices), grad_accum)
-    loss, grads, _ = fn(params, global_batch_to_device(batch, mesh, batch["input_ids"].shape[0]))
+    loss, grads, _ = fn(params, to_device(batch, mesh, batch["input_ids"].shape[0]))
     return float(loss), jax.tree.map(np.asarray, grads)
 
 
@@ -94,7 +94,7 @@ def run_steps(mesh_shape, devices, batches, grad_accum=1, model=MODEL):
                                           mesh=mesh), shardings, mesh)
     losses = []
     for b in batches:
-        state, metrics = step(state, global_batch_to_device(b, mesh, b["input_ids"].shape[0]))
+        state, metrics = step(state, to_device(b, mesh, b["input_ids"].shape[0]))
         losses.append(float(metrics["loss"]))
     return losses, jax.tree.map(np.asarray, state["params"]), state
 

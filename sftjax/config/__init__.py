@@ -16,7 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from sftjax.config.base import ConfigError, _require
+from sftjax.config.base import ConfigError, require
 from sftjax.config.data import (FORMATS, TEMPLATES, DataConfig, FilterConfig, MixConfig, SourceConfig, StageConfig,
                                 StrategyConfig)
 from sftjax.config.eval import SUITE_KINDS, EvalConfig, GenerateConfig, JudgeConfig, SuiteConfig
@@ -62,7 +62,7 @@ class Config:
         if self.model.rope_scaling is not None:
             self.model.rope_scaling.validate()
         block = self.model.attention_block
-        _require(
+        require(
             self.data.seq_len % block == 0 or self.data.seq_len < block,
             "data.seq_len",
             f"a multiple of model.attention_block ({block}) or shorter than it",
@@ -74,13 +74,13 @@ class Config:
         shape = self.mesh.resolve(device_count)
         batch_shards = shape[0] * shape[1]
         micro = self.train.global_batch_size // self.train.grad_accum
-        _require(
+        require(
             micro % batch_shards == 0,
             "train.global_batch_size",
             f"global_batch_size / grad_accum ({micro}) divisible by mesh.data*mesh.fsdp ({batch_shards})",
             self.train.global_batch_size,
         )
-        _require(
+        require(
             self.train.global_batch_size % process_count == 0,
             "train.global_batch_size",
             f"a multiple of the process count ({process_count})",
@@ -99,7 +99,7 @@ class GenerateAppConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
     def validate(self) -> None:
-        _require(bool(self.model.init_from), "model.init_from", "hf:DIR, embedded:NAME or a run directory",
+        require(bool(self.model.init_from), "model.init_from", "hf:DIR, embedded:NAME or a run directory",
                  self.model.init_from)
         self.model.validate()
         self.mesh.validate()
@@ -118,16 +118,16 @@ class EvalAppConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> None:
-        _require(bool(self.model.init_from) != bool(self.models), "model.init_from",
+        require(bool(self.model.init_from) != bool(self.models), "model.init_from",
                  "hf:DIR, embedded:NAME or a run directory (or a list in 'models', not both)", self.model.init_from)
-        _require(all(isinstance(m, str) and m for m in self.models), "models", "a list of init_from specs",
+        require(all(isinstance(m, str) and m for m in self.models), "models", "a list of init_from specs",
                  self.models)
         self.model.validate()
         self.mesh.validate()
         self.eval.validate()
-        _require(bool(self.eval.suites), "eval.suites", "at least one suite (e.g. eval=demo)", {})
-        _require(self.data.template in TEMPLATES, "data.template", f"one of {TEMPLATES}", self.data.template)
-        _require(self.data.seq_len >= 2, "data.seq_len", "an integer >= 2", self.data.seq_len)
+        require(bool(self.eval.suites), "eval.suites", "at least one suite (e.g. eval=demo)", {})
+        require(self.data.template in TEMPLATES, "data.template", f"one of {TEMPLATES}", self.data.template)
+        require(self.data.seq_len >= 2, "data.seq_len", "an integer >= 2", self.data.seq_len)
 FIXTURE_DIR = Path(__file__).parent.parent / "data" / "fixtures"
 
 

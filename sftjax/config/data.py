@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from sftjax.config.base import _require
+from sftjax.config.base import require
 from sftjax.config.train import OptimConfig
 
 
@@ -104,38 +104,38 @@ class DataConfig:
     stages: list[StageConfig] = field(default_factory=list)  # empty: one stage "main" over every source
 
     def validate(self) -> None:
-        _require(self.seq_len >= 2, "data.seq_len", "an integer >= 2", self.seq_len)
-        _require(self.tokenizer in ("auto", "bytes") or Path(self.tokenizer).expanduser().is_dir(), "data.tokenizer",
+        require(self.seq_len >= 2, "data.seq_len", "an integer >= 2", self.seq_len)
+        require(self.tokenizer in ("auto", "bytes") or Path(self.tokenizer).expanduser().is_dir(), "data.tokenizer",
                  "'auto', 'bytes' or a Hugging Face tokenizer directory", self.tokenizer)
-        _require(self.template in TEMPLATES, "data.template", f"one of {TEMPLATES}", self.template)
-        _require(self.overlong in ("truncate", "drop"), "data.overlong", "'truncate' or 'drop'", self.overlong)
-        _require(self.weight_by in ("examples", "tokens"), "data.weight_by", "'examples' or 'tokens'", self.weight_by)
-        _require(self.packing_bins >= 1, "data.packing_bins", "a positive integer", self.packing_bins)
-        _require(len(self.sources) > 0, "data.sources", "at least one source", dict(self.sources))
+        require(self.template in TEMPLATES, "data.template", f"one of {TEMPLATES}", self.template)
+        require(self.overlong in ("truncate", "drop"), "data.overlong", "'truncate' or 'drop'", self.overlong)
+        require(self.weight_by in ("examples", "tokens"), "data.weight_by", "'examples' or 'tokens'", self.weight_by)
+        require(self.packing_bins >= 1, "data.packing_bins", "a positive integer", self.packing_bins)
+        require(len(self.sources) > 0, "data.sources", "at least one source", dict(self.sources))
         for name, src in self.sources.items():
             key = f"data.sources.{name}"
-            _require(src.format in FORMATS, f"{key}.format", f"one of {FORMATS}", src.format)
-            _require(src.on_bad_record in ("error", "drop"), f"{key}.on_bad_record", "'error' or 'drop'",
+            require(src.format in FORMATS, f"{key}.format", f"one of {FORMATS}", src.format)
+            require(src.on_bad_record in ("error", "drop"), f"{key}.on_bad_record", "'error' or 'drop'",
                      src.on_bad_record)
             if src.filter is not None:
-                _require(src.filter.action in ("drop", "keep"), f"{key}.filter.action", "'drop' or 'keep'",
+                require(src.filter.action in ("drop", "keep"), f"{key}.filter.action", "'drop' or 'keep'",
                          src.filter.action)
         names = [s.name for s in self.stages]
-        _require(len(set(names)) == len(names), "data.stages", "stages with distinct names", names)
+        require(len(set(names)) == len(names), "data.stages", "stages with distinct names", names)
         for i, stage in enumerate(self.stages):
             key = f"data.stages.{i}"
-            _require(stage.epochs is None or stage.steps is None, key, "epochs or steps, not both",
+            require(stage.epochs is None or stage.steps is None, key, "epochs or steps, not both",
                      {"epochs": stage.epochs, "steps": stage.steps})
-            _require(stage.epochs is None or stage.epochs > 0, f"{key}.epochs", "a positive number", stage.epochs)
-            _require(stage.steps is None or stage.steps >= 1, f"{key}.steps", "a positive integer", stage.steps)
-            _require(len(self.stages) == 1 or stage.epochs is not None or stage.steps is not None, key,
+            require(stage.epochs is None or stage.epochs > 0, f"{key}.epochs", "a positive number", stage.epochs)
+            require(stage.steps is None or stage.steps >= 1, f"{key}.steps", "a positive integer", stage.steps)
+            require(len(self.stages) == 1 or stage.epochs is not None or stage.steps is not None, key,
                      "epochs or steps (each stage of a multi-stage run needs a length)", stage.name)
-            _require(len(stage.mix) > 0, f"{key}.mix", "at least one source", dict(stage.mix))
-            _require(stage.lr is None or (math.isfinite(stage.lr) and stage.lr > 0), f"{key}.lr",
+            require(len(stage.mix) > 0, f"{key}.mix", "at least one source", dict(stage.mix))
+            require(stage.lr is None or (math.isfinite(stage.lr) and stage.lr > 0), f"{key}.lr",
                      "a positive finite number", stage.lr)
-            _require(stage.warmup_ratio is None or 0 <= stage.warmup_ratio < 1, f"{key}.warmup_ratio",
+            require(stage.warmup_ratio is None or 0 <= stage.warmup_ratio < 1, f"{key}.warmup_ratio",
                      "a number in [0, 1)", stage.warmup_ratio)
-            _require(stage.min_lr_ratio is None or 0 <= stage.min_lr_ratio <= 1, f"{key}.min_lr_ratio",
+            require(stage.min_lr_ratio is None or 0 <= stage.min_lr_ratio <= 1, f"{key}.min_lr_ratio",
                      "a number in [0, 1]", stage.min_lr_ratio)
             for src in stage.mix:
-                _require(src in self.sources, f"{key}.mix.{src}", f"one of the sources {sorted(self.sources)}", src)
+                require(src in self.sources, f"{key}.mix.{src}", f"one of the sources {sorted(self.sources)}", src)

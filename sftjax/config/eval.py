@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftjax.config.base import _require
+from sftjax.config.base import require
 
 
 SUITE_KINDS = ("loss", "math", "code", "knowledge", "judge")
@@ -48,24 +48,24 @@ class SuiteConfig:
     #                      user turn, rendered with the run's template; the reply's first code block is run)
 
     def validate(self, key: str) -> None:
-        _require(self.kind in SUITE_KINDS, f"{key}.kind", f"one of {SUITE_KINDS}", self.kind)
-        _require(isinstance(self.path, str) and bool(self.path) and self.path != "???", f"{key}.path",
+        require(self.kind in SUITE_KINDS, f"{key}.kind", f"one of {SUITE_KINDS}", self.kind)
+        require(isinstance(self.path, str) and bool(self.path) and self.path != "???", f"{key}.path",
                  "the eval data file", self.path)
-        _require(self.limit >= 0, f"{key}.limit", "an integer >= 0 (0 = all)", self.limit)
-        _require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "a positive integer", self.max_new_tokens)
-        _require(math.isfinite(self.temperature) and self.temperature >= 0, f"{key}.temperature",
+        require(self.limit >= 0, f"{key}.limit", "an integer >= 0 (0 = all)", self.limit)
+        require(self.max_new_tokens >= 1, f"{key}.max_new_tokens", "a positive integer", self.max_new_tokens)
+        require(math.isfinite(self.temperature) and self.temperature >= 0, f"{key}.temperature",
                  "a number >= 0 (0 = greedy)", self.temperature)
-        _require(self.samples >= 1, f"{key}.samples", "a positive integer", self.samples)
-        _require(bool(self.ks) and all(k >= 1 for k in self.ks), f"{key}.ks", "a list of k >= 1", self.ks)
-        _require(self.kind != "code" or all(k <= self.samples for k in self.ks), f"{key}.ks",
+        require(self.samples >= 1, f"{key}.samples", "a positive integer", self.samples)
+        require(bool(self.ks) and all(k >= 1 for k in self.ks), f"{key}.ks", "a list of k >= 1", self.ks)
+        require(self.kind != "code" or all(k <= self.samples for k in self.ks), f"{key}.ks",
                  f"every k <= {key}.samples ({self.samples})", self.ks)
-        _require(self.prompt in ("raw", "chat"), f"{key}.prompt", "raw | chat", self.prompt)
-        _require(self.scorer in ("exact", "contains", "judge"), f"{key}.scorer", "exact | contains | judge",
+        require(self.prompt in ("raw", "chat"), f"{key}.prompt", "raw | chat", self.prompt)
+        require(self.scorer in ("exact", "contains", "judge"), f"{key}.scorer", "exact | contains | judge",
                  self.scorer)
-        _require(self.judge.retries >= 0, f"{key}.judge.retries", "an integer >= 0", self.judge.retries)
-        _require(not (self.judge.url and self.judge.init_from), f"{key}.judge.url",
+        require(self.judge.retries >= 0, f"{key}.judge.retries", "an integer >= 0", self.judge.retries)
+        require(not (self.judge.url and self.judge.init_from), f"{key}.judge.url",
                  "either judge.url (an endpoint) or judge.init_from (a local model), not both", self.judge.url)
-        _require(not self.judge.url or bool(self.judge.model), f"{key}.judge.model",
+        require(not self.judge.url or bool(self.judge.model), f"{key}.judge.model",
                  "the endpoint's model name (judge.url is set)", self.judge.model)
 
 
@@ -82,8 +82,8 @@ class EvalConfig:
     output: str = ""  # sftjax-eval: also write the results JSON here
 
     def validate(self) -> None:
-        _require(self.every_n_steps >= 0, "eval.every_n_steps", "an integer >= 0 (0 = off)", self.every_n_steps)
-        _require(self.batch_size >= 1, "eval.batch_size", "a positive integer", self.batch_size)
+        require(self.every_n_steps >= 0, "eval.every_n_steps", "an integer >= 0 (0 = off)", self.every_n_steps)
+        require(self.batch_size >= 1, "eval.batch_size", "a positive integer", self.batch_size)
         for name, suite in self.suites.items():
             suite.validate(f"eval.suites.{name}")
 
@@ -103,13 +103,13 @@ class GenerateConfig:
     batch_size: int = 8
 
     def validate(self) -> None:
-        _require(bool(self.prompts) != bool(self.chat), "generate.prompts",
+        require(bool(self.prompts) != bool(self.chat), "generate.prompts",
                  "a prompts JSONL file, or generate.chat='a message' (exactly one of the two)", self.prompts)
         if self.prompts:
-            _require(Path(self.prompts).is_file(), "generate.prompts", "an existing JSONL file", self.prompts)
-        _require(self.max_new_tokens >= 1, "generate.max_new_tokens", "a positive integer", self.max_new_tokens)
-        _require(math.isfinite(self.temperature) and self.temperature >= 0, "generate.temperature",
+            require(Path(self.prompts).is_file(), "generate.prompts", "an existing JSONL file", self.prompts)
+        require(self.max_new_tokens >= 1, "generate.max_new_tokens", "a positive integer", self.max_new_tokens)
+        require(math.isfinite(self.temperature) and self.temperature >= 0, "generate.temperature",
                  "a number >= 0 (0 = greedy)", self.temperature)
-        _require(self.top_k >= 0, "generate.top_k", "an integer >= 0 (0 = no limit)", self.top_k)
-        _require(0 < self.top_p <= 1, "generate.top_p", "a number in (0, 1]", self.top_p)
-        _require(self.batch_size >= 1, "generate.batch_size", "a positive integer", self.batch_size)
+        require(self.top_k >= 0, "generate.top_k", "an integer >= 0 (0 = no limit)", self.top_k)
+        require(0 < self.top_p <= 1, "generate.top_p", "a number in (0, 1]", self.top_p)
+        require(self.batch_size >= 1, "generate.batch_size", "a positive integer", self.batch_size)

@@ -7,7 +7,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from sftjax.config.base import _require
+from sftjax.config.base import require
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -28,15 +28,15 @@ class RopeScalingConfig:
     original_max_position_embeddings: int = 8192
 
     def validate(self) -> None:
-        _require(self.type == "llama3", "model.rope_scaling.type", "'llama3'", self.type)
-        _require(self.factor >= 1.0, "model.rope_scaling.factor", "a number >= 1", self.factor)
-        _require(
+        require(self.type == "llama3", "model.rope_scaling.type", "'llama3'", self.type)
+        require(self.factor >= 1.0, "model.rope_scaling.factor", "a number >= 1", self.factor)
+        require(
             self.high_freq_factor > self.low_freq_factor > 0,
             "model.rope_scaling.high_freq_factor",
             f"a number > low_freq_factor ({self.low_freq_factor}) > 0",
             self.high_freq_factor,
         )
-        _require(
+        require(
             self.original_max_position_embeddings > 0,
             "model.rope_scaling.original_max_position_embeddings",
             "a positive integer",
@@ -79,36 +79,36 @@ class ModelConfig:
 
     def validate(self) -> None:
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"):
-            _require(getattr(self, key) > 0, f"model.{key}", "a positive integer", getattr(self, key))
-        _require(
+            require(getattr(self, key) > 0, f"model.{key}", "a positive integer", getattr(self, key))
+        require(
             self.num_heads % self.num_kv_heads == 0,
             "model.num_kv_heads",
             f"a divisor of model.num_heads ({self.num_heads})",
             self.num_kv_heads,
         )
         if self.head_dim is None:
-            _require(
+            require(
                 self.hidden_size % self.num_heads == 0,
                 "model.head_dim",
                 f"set explicitly, since hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}",
                 None,
             )
         else:
-            _require(self.head_dim > 0 and self.head_dim % 2 == 0, "model.head_dim", "a positive even integer",
+            require(self.head_dim > 0 and self.head_dim % 2 == 0, "model.head_dim", "a positive even integer",
                      self.head_dim)
-        _require(self.dtype in DTYPES, "model.dtype", f"one of {DTYPES}", self.dtype)
-        _require(self.remat in REMAT_POLICIES, "model.remat", f"one of {REMAT_POLICIES}", self.remat)
-        _require(self.attention in ATTENTION_IMPLS, "model.attention", f"one of {ATTENTION_IMPLS}", self.attention)
-        _require(self.attention_block > 0, "model.attention_block", "a positive integer", self.attention_block)
-        _require(self.rope_theta > 0, "model.rope_theta", "a positive number", self.rope_theta)
-        _require(self.rms_norm_eps > 0, "model.rms_norm_eps", "a positive number", self.rms_norm_eps)
-        _require(self.init_std > 0, "model.init_std", "a positive number", self.init_std)
-        _require(self.architecture in ARCHITECTURES, "model.architecture", f"one of {ARCHITECTURES}",
+        require(self.dtype in DTYPES, "model.dtype", f"one of {DTYPES}", self.dtype)
+        require(self.remat in REMAT_POLICIES, "model.remat", f"one of {REMAT_POLICIES}", self.remat)
+        require(self.attention in ATTENTION_IMPLS, "model.attention", f"one of {ATTENTION_IMPLS}", self.attention)
+        require(self.attention_block > 0, "model.attention_block", "a positive integer", self.attention_block)
+        require(self.rope_theta > 0, "model.rope_theta", "a positive number", self.rope_theta)
+        require(self.rms_norm_eps > 0, "model.rms_norm_eps", "a positive number", self.rms_norm_eps)
+        require(self.init_std > 0, "model.init_std", "a positive number", self.init_std)
+        require(self.architecture in ARCHITECTURES, "model.architecture", f"one of {ARCHITECTURES}",
                  self.architecture)
         if self.init_from.startswith("hf:"):
-            _require(len(self.init_from) > 3, "model.init_from", "'hf:DIR' or 'hf:org/name'", self.init_from)
+            require(len(self.init_from) > 3, "model.init_from", "'hf:DIR' or 'hf:org/name'", self.init_from)
         if self.init_from.startswith("embedded:"):
-            _require(self.init_from[9:] in EMBEDDED_MODELS, "model.init_from",
+            require(self.init_from[9:] in EMBEDDED_MODELS, "model.init_from",
                      f"one of {['embedded:' + m for m in EMBEDDED_MODELS]}", self.init_from)
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sftjax.config.base import _require
+from sftjax.config.base import require
 
 
 @dataclass
@@ -23,15 +23,15 @@ class OptimConfig:
     grad_clip: float = 1.0  # global-norm clip; 0 disables
 
     def validate(self) -> None:
-        _require(self.name == "adamw", "optim.name", "'adamw'", self.name)
-        _require(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "a positive finite number", self.lr)
-        _require(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
-        _require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
-        _require(self.weight_decay >= 0, "optim.weight_decay", "a number >= 0", self.weight_decay)
-        _require(0 <= self.b1 < 1, "optim.b1", "a number in [0, 1)", self.b1)
-        _require(0 <= self.b2 < 1, "optim.b2", "a number in [0, 1)", self.b2)
-        _require(self.eps > 0, "optim.eps", "a positive number", self.eps)
-        _require(self.grad_clip >= 0, "optim.grad_clip", "a number >= 0 (0 disables clipping)", self.grad_clip)
+        require(self.name == "adamw", "optim.name", "'adamw'", self.name)
+        require(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "a positive finite number", self.lr)
+        require(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
+        require(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
+        require(self.weight_decay >= 0, "optim.weight_decay", "a number >= 0", self.weight_decay)
+        require(0 <= self.b1 < 1, "optim.b1", "a number in [0, 1)", self.b1)
+        require(0 <= self.b2 < 1, "optim.b2", "a number in [0, 1)", self.b2)
+        require(self.eps > 0, "optim.eps", "a positive number", self.eps)
+        require(self.grad_clip >= 0, "optim.grad_clip", "a number >= 0 (0 disables clipping)", self.grad_clip)
 
 
 @dataclass
@@ -54,15 +54,15 @@ class MeshConfig:
     def validate(self) -> None:
         sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
         for key, value in sizes.items():
-            _require(value == -1 or value >= 1, f"mesh.{key}", "a positive integer or -1 (fill)", value)
-        _require(
+            require(value == -1 or value >= 1, f"mesh.{key}", "a positive integer or -1 (fill)", value)
+        require(
             sum(v == -1 for v in sizes.values()) <= 1,
             "mesh",
             "at most one of data/fsdp/tensor set to -1",
             sizes,
         )
-        _require(self.num_processes >= 1, "mesh.num_processes", "a positive integer", self.num_processes)
-        _require(
+        require(self.num_processes >= 1, "mesh.num_processes", "a positive integer", self.num_processes)
+        require(
             0 <= self.process_id < self.num_processes,
             "mesh.process_id",
             f"an integer in [0, {self.num_processes})",
@@ -74,14 +74,14 @@ class MeshConfig:
         sizes = [self.data, self.fsdp, self.tensor]
         known = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
-            _require(
+            require(
                 device_count % known == 0,
                 "mesh",
                 f"data*fsdp*tensor to divide the device count {device_count}",
                 {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor},
             )
             sizes[sizes.index(-1)] = device_count // known
-        _require(
+        require(
             math.prod(sizes) == device_count,
             "mesh",
             f"data*fsdp*tensor == device count {device_count}",
@@ -114,25 +114,25 @@ class TrainConfig:
     tensorboard: bool = True
 
     def validate(self) -> None:
-        _require(self.max_steps >= 1 or self.max_steps == -1, "train.max_steps",
+        require(self.max_steps >= 1 or self.max_steps == -1, "train.max_steps",
                  "a positive integer, or -1 (the data stages' own length)", self.max_steps)
-        _require(self.global_batch_size >= 1, "train.global_batch_size", "a positive integer",
+        require(self.global_batch_size >= 1, "train.global_batch_size", "a positive integer",
                  self.global_batch_size)
-        _require(self.grad_accum >= 1, "train.grad_accum", "a positive integer", self.grad_accum)
-        _require(
+        require(self.grad_accum >= 1, "train.grad_accum", "a positive integer", self.grad_accum)
+        require(
             self.global_batch_size % self.grad_accum == 0,
             "train.grad_accum",
             f"a divisor of train.global_batch_size ({self.global_batch_size})",
             self.grad_accum,
         )
-        _require(self.log_every >= 1, "train.log_every", "a positive integer", self.log_every)
-        _require(self.save_every >= 0, "train.save_every", "an integer >= 0", self.save_every)
-        _require(self.keep_last >= 1, "train.keep_last", "a positive integer", self.keep_last)
-        _require(self.keep_best >= 0, "train.keep_best", "an integer >= 0", self.keep_best)
-        _require(self.best_mode in ("min", "max"), "train.best_mode", "'min' or 'max'", self.best_mode)
-        _require(self.export_dtype in ("float32", "bfloat16", "float16"), "train.export_dtype",
+        require(self.log_every >= 1, "train.log_every", "a positive integer", self.log_every)
+        require(self.save_every >= 0, "train.save_every", "an integer >= 0", self.save_every)
+        require(self.keep_last >= 1, "train.keep_last", "a positive integer", self.keep_last)
+        require(self.keep_best >= 0, "train.keep_best", "an integer >= 0", self.keep_best)
+        require(self.best_mode in ("min", "max"), "train.best_mode", "'min' or 'max'", self.best_mode)
+        require(self.export_dtype in ("float32", "bfloat16", "float16"), "train.export_dtype",
                  "float32, bfloat16 or float16", self.export_dtype)
-        _require(self.peak_flops_per_device > 0, "train.peak_flops_per_device", "a positive number",
+        require(self.peak_flops_per_device > 0, "train.peak_flops_per_device", "a positive number",
                  self.peak_flops_per_device)
 
 

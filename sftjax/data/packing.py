@@ -16,7 +16,8 @@ import grain
 import grain.experimental as grain_exp
 import numpy as np
 
-FEATURES = ("input_ids", "targets", "loss_mask", "source_ids")
+from sftjax.data.batch import DOCUMENT_FIELDS
+
 
 
 def shifted(tokens: np.ndarray, trained: np.ndarray, source: int) -> dict[str, np.ndarray]:
@@ -53,7 +54,7 @@ def pack(examples: grain.IterDataset, seq_len: int, *, num_bins: int = 32, seed:
     32 bins reach >= 98% fill on realistic SFT length mixes at 2048 (bench/data_throughput.py); more bins fill a
     little better and hold more examples back, which delays when an example is seen but never drops one."""
     packed = grain_exp.BestFitPackIterDataset(
-        examples, length_struct={k: seq_len for k in FEATURES}, num_packing_bins=num_bins, seed=seed)
+        examples, length_struct={k: seq_len for k in DOCUMENT_FIELDS}, num_packing_bins=num_bins, seed=seed)
     return packed.map(_to_contract)
 
 

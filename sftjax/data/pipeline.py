@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from sftjax.config import ConfigError, DataConfig, MixConfig, StageConfig
+from sftjax.data.batch import stack_rows
 from sftjax.data.mixing import MixEntry, stage_stream
 from sftjax.data.packing import pack, shifted
 
@@ -122,12 +123,6 @@ def clip_turns(example, tokenizer, template: str, limit: int):
     return clipped if len(render(clipped, tokenizer, template)[0]) > limit else example
 
 
-def _empty_row(seq_len: int) -> dict[str, np.ndarray]:
-    return {"input_ids": np.zeros(seq_len, np.int32), "targets": np.zeros(seq_len, np.int32),
-            "loss_mask": np.zeros(seq_len, bool), "segment_ids": np.zeros(seq_len, np.int32),
-            "positions": np.arange(seq_len, dtype=np.int32), "source_ids": np.full(seq_len, -1, np.int32)}
-
-
 class DataPipeline:
     def __init__(self, cfg: DataConfig, tokenizer, *, seed: int, global_rows: int, max_steps: int, log=print,
                  shard: tuple[int, int] = (0, 1)):
@@ -207,11 +202,8 @@ class DataPipeline:
         """(stage name, global batch [rows, seq_len], whether this batch ends its stage)."""
         if self.stage >= len(self.stages):
             raise RuntimeError("the curriculum is finished")
-        rows = []
-        for _ in range(self.rows):
-            row = next(self._rows, None)
-            rows.append(row if row is not None else _empty_row(self.cfg.seq_len))
-        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        rows = [row for row in itertools.islice(self._rows, self.rows)]  # a stage's last batch may run short
+        batch = stack_rows(rows, self.rows, self.cfg.seq_len)
         self._count(batch)
         name = self.stages[self.stage].name
         self.step_in_stage += 1

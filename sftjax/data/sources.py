@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from sftjax.config import ConfigError, _require
+from sftjax.config import ConfigError, require
 from sftjax.data.jsonl import read_jsonl
 
 KINDS = ("auto", "jsonl", "json", "parquet", "csv", "hf_disk", "hub")
@@ -54,7 +54,7 @@ class SourceSpec:
     def from_dict(cls, name: str, raw: Mapping) -> SourceSpec:
         """Takes the data config's spelling (one ``filter`` mapping or a ``filters`` list); keys that belong to the
         mixing pipeline, such as ``weight``, are left to it."""
-        _require(not ("filter" in raw and "filters" in raw), f"data.sources.{name}.filter", "'filter' or 'filters', "
+        require(not ("filter" in raw and "filters" in raw), f"data.sources.{name}.filter", "'filter' or 'filters', "
                  "not both", dict(raw))
         filters = raw.get("filters", raw.get("filter")) or []
         filters = [filters] if isinstance(filters, Mapping) else list(filters)
@@ -68,20 +68,20 @@ class SourceSpec:
         """Everything checkable without opening a file, so a typo fails in milliseconds rather than after a long
         read; returns the compiled filters."""
         key = f"data.sources.{self.name}"
-        _require(isinstance(self.path, str) and bool(self.path), f"{key}.path",
+        require(isinstance(self.path, str) and bool(self.path), f"{key}.path",
                  "a file, a directory saved with save_to_disk, or a hub name 'org/name'", self.path)
-        _require(self.kind in KINDS, f"{key}.kind", f"one of {KINDS}", self.kind)
-        _require(self.on_bad_record in ON_BAD_RECORD, f"{key}.on_bad_record", f"one of {ON_BAD_RECORD}",
+        require(self.kind in KINDS, f"{key}.kind", f"one of {KINDS}", self.kind)
+        require(self.on_bad_record in ON_BAD_RECORD, f"{key}.on_bad_record", f"one of {ON_BAD_RECORD}",
                  self.on_bad_record)
-        _require(isinstance(self.split, str) and bool(self.split), f"{key}.split", "a split name", self.split)
-        _require(isinstance(self.fields, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in
+        require(isinstance(self.split, str) and bool(self.split), f"{key}.split", "a split name", self.split)
+        require(isinstance(self.fields, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in
                  self.fields.items()), f"{key}.fields", "a mapping of canonical name to name in the file", self.fields)
         compiled = []
         for i, f in enumerate(self.filters):
             fkey = f"{key}.filter" if len(self.filters) == 1 else f"{key}.filter[{i}]"
-            _require(isinstance(f, Mapping) and set(f) == {"field", "regex", "action"} and isinstance(f["field"], str),
+            require(isinstance(f, Mapping) and set(f) == {"field", "regex", "action"} and isinstance(f["field"], str),
                      fkey, "a mapping with exactly the keys field (a name), regex and action", f)
-            _require(f["action"] in FILTER_ACTIONS, f"{fkey}.action", f"one of {FILTER_ACTIONS}", f["action"])
+            require(f["action"] in FILTER_ACTIONS, f"{fkey}.action", f"one of {FILTER_ACTIONS}", f["action"])
             try:
                 compiled.append((f["field"], re.compile(str(f["regex"])), f["action"]))
             except re.error as e:
@@ -151,11 +151,11 @@ def _detect_kind(spec: SourceSpec) -> str:
     if spec.kind == "hub":
         return "hub"
     if p.is_dir() and spec.kind in ("auto", "hf_disk"):
-        _require((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file(), f"{key}.path",
+        require((p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file(), f"{key}.path",
                  "a dataset directory written by save_to_disk (with dataset_info.json or dataset_dict.json)", spec.path)
         return "hf_disk"
     if p.is_file() and spec.kind != "hf_disk":
-        _require(spec.kind != "auto" or p.suffix.lower() in _EXTENSIONS, f"{key}.kind",
+        require(spec.kind != "auto" or p.suffix.lower() in _EXTENSIONS, f"{key}.kind",
                  f"one of {KINDS[1:]}, since the format of {spec.path} cannot be told from its extension", spec.kind)
         return _EXTENSIONS[p.suffix.lower()] if spec.kind == "auto" else spec.kind
     if spec.kind == "auto" and not p.exists() and p.suffix.lower() not in _EXTENSIONS and _HUB_NAME.match(spec.path):
@@ -270,7 +270,7 @@ def _hf_rows(spec: SourceSpec, kind: str) -> Iterator[tuple[str, str, Any]]:
             f"the dataset saved at {spec.path}"
         raise ConfigError(f"data source '{spec.name}': could not load {what}: {type(e).__name__}: {e}") from e
     if isinstance(ds, datasets.DatasetDict):
-        _require(spec.split in ds, f"data.sources.{spec.name}.split", f"one of the splits in {spec.path}: "
+        require(spec.split in ds, f"data.sources.{spec.name}.split", f"one of the splits in {spec.path}: "
                  f"{sorted(ds)}", spec.split)
         ds, label, where = ds[spec.split], spec.split, f"{spec.path} split {spec.split}"
     for i, rec in enumerate(ds):

@@ -38,7 +38,8 @@ from typing import Any, Callable, Mapping, Sequence
 from sftjax.config import FIXTURE_DIR, ConfigError
 from sftjax.data.jsonl import read_jsonl
 from sftjax.eval.judge_http import HttpJudge, JudgeError, Messages, chat_completions_url
-from sftjax.eval.judge_rubrics import FORMATS, PRESETS, Criterion, Rubric, _is_number, _is_weight, rubric
+from sftjax.config.base import is_number
+from sftjax.eval.judge_rubrics import FORMATS, PRESETS, Criterion, Rubric, is_weight, rubric
 
 # The rubrics and the HTTP backend live in their own modules; they are re-exported so this stays the one import.
 __all__ = [
@@ -254,7 +255,7 @@ def parse_judgment(rubric: Rubric, text: str | None) -> dict[str, float] | None:
     for name, v in found.items():
         if isinstance(v, str) and re.fullmatch(r"\s*" + _NUM + r"\s*", v):
             v = float(v)
-        if not _is_number(v) or not math.isfinite(v) or not (rubric.scale_min <= v <= rubric.scale_max):
+        if not is_number(v) or not math.isfinite(v) or not (rubric.scale_min <= v <= rubric.scale_max):
             return None
         out[name] = float(v)
     return out
@@ -323,7 +324,7 @@ def load_questions(path: str | Path, rubric: Rubric | None = None) -> list[dict[
             if not isinstance(weights, dict) or not weights:
                 raise ConfigError(f"{where}: 'weights' must be a non-empty object of criterion -> weight")
             for k, w in weights.items():
-                if not _is_weight(w):
+                if not is_weight(w):
                     raise ConfigError(f"{where}: 'weights.{k}' must be a finite number >= 0, got {w!r}")
         item = {**rec, "id": qid}
         if rubric is not None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from sftjax.config import ConfigError
+from sftjax.config.base import is_number
 
 FORMATS = ("rating", "json")
 
@@ -60,11 +61,11 @@ class Rubric:
             )
             _check(c.name.lower() not in seen, f"criteria[{i}].name", "a name unique (case-insensitively)", c.name)
             seen.add(c.name.lower())
-            _check(_is_weight(c.weight), f"criteria[{i}].weight", "a finite number >= 0", c.weight)
+            _check(is_weight(c.weight), f"criteria[{i}].weight", "a finite number >= 0", c.weight)
             _check(isinstance(c.description, str), f"criteria[{i}].description", "a string", c.description)
         for key in ("scale_min", "scale_max"):
             v = getattr(self, key)
-            _check(_is_number(v) and math.isfinite(v), key, "a finite number", v)
+            _check(is_number(v) and math.isfinite(v), key, "a finite number", v)
         _check(self.scale_min < self.scale_max, "scale_min", f"a number < scale_max ({self.scale_max})", self.scale_min)
         _check(isinstance(self.per_turn, bool), "per_turn", "true or false", self.per_turn)
         _check(self.format in FORMATS, "format", f"one of {list(FORMATS)}", self.format)
@@ -113,7 +114,7 @@ class Rubric:
                         f"{where}: 'weights.{key}' is not a weighted criterion of rubric '{self.name}' "
                         f"(expected one of {list(weights)})"
                     )
-                if not _is_weight(w):
+                if not is_weight(w):
                     raise ConfigError(f"{where}: 'weights.{key}' must be a finite number >= 0, got {w!r}")
                 weights[key] = float(w)
         total = sum(weights.values())
@@ -157,12 +158,9 @@ def _check(ok: bool, key: str, expected: str, got: Any) -> None:
         raise ConfigError(f"rubric key '{key}': expected {expected}, got {got!r}")
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-
-def _is_weight(v: Any) -> bool:
-    return _is_number(v) and math.isfinite(v) and v >= 0
+def is_weight(v: Any) -> bool:
+    return is_number(v) and math.isfinite(v) and v >= 0
 
 
 _EIGHT = (

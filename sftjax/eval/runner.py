@@ -158,9 +158,9 @@ def judge_suite(suite: SuiteConfig, completer: Completer, judge) -> dict:
 def loss_suite(name: str, suite: SuiteConfig, graphdef, params, tokenizer, data: DataConfig, mesh,
                rows: int) -> dict:
     """Token-weighted mean loss over every example of a held-out source, each seen once, packed like training."""
+    from sftjax.data.batch import process_rows, stack_rows, to_device
     from sftjax.data.packing import pack
-    from sftjax.data.pipeline import _empty_row, tokenize_source
-    from sftjax.train.loop import global_batch_to_device
+    from sftjax.data.pipeline import tokenize_source
 
     import grain
 
@@ -170,14 +170,12 @@ def loss_suite(name: str, suite: SuiteConfig, graphdef, params, tokenizer, data:
                                       limit=suite.limit)
     packed = list(pack(grain.MapDataset.source(examples).to_iter_dataset(), data.seq_len,
                        num_bins=data.packing_bins))
-    packed += [_empty_row(data.seq_len)] * (-len(packed) % rows)
     fn = _loss_fn(graphdef, mesh)
     total, count = 0.0, 0
-    pid, local = jax.process_index(), rows // jax.process_count()
     for i in range(0, len(packed), rows):
-        batch = {k: np.stack([r[k] for r in packed[i : i + rows]]) for k in packed[0]}
-        local_batch = {k: v[pid * local : (pid + 1) * local] for k, v in batch.items()}
-        s, c = fn(params, global_batch_to_device(local_batch, mesh, rows))
+        batch = stack_rows(packed[i : i + rows], rows, data.seq_len)
+        local = process_rows(batch, jax.process_index(), jax.process_count())
+        s, c = fn(params, to_device(local, mesh, rows))
         total, count = total + float(s), count + int(c)
     return {"metrics": {"loss": total / max(count, 1), "tokens": count, "examples": len(examples),
                         "truncated": stats.truncated, "dropped": stats.dropped}, "results": []}

@@ -118,7 +118,7 @@ class SandboxResult:
 
 
 @dataclass(frozen=True)
-class _Isolation:
+class Isolation:
     mode: str  # "namespaced" | "rlimits"
     interpreter: str
     pids_root: Path | None = None
@@ -128,7 +128,7 @@ class _Isolation:
 
 _uid_lock = threading.Lock()
 _uids_in_use: set[int] = set()
-_UID_BASE, _UID_SPAN = 2_000_000_000, 100_000_000  # far above any real account; nothing else runs as these
+UID_BASE, _UID_SPAN = 2_000_000_000, 100_000_000  # far above any real account; nothing else runs as these
 
 
 def _uid_processes(uid: int) -> list[int]:
@@ -151,7 +151,7 @@ def _uid_processes(uid: int) -> list[int]:
 def _acquire_uid() -> int:
     with _uid_lock:
         while True:
-            uid = _UID_BASE + random.randrange(_UID_SPAN)
+            uid = UID_BASE + random.randrange(_UID_SPAN)
             if uid not in _uids_in_use and not _uid_processes(uid):
                 _uids_in_use.add(uid)
                 return uid
@@ -185,7 +185,7 @@ def _memory_cgroup_root() -> Path | None:
 
 
 @functools.lru_cache(maxsize=1)
-def isolation() -> _Isolation:
+def isolation() -> Isolation:
     """Detect (once) the strongest containment this machine allows; probing is cheap and its answer never changes."""
     reasons = []
     unshare, setpriv = shutil.which("unshare"), shutil.which("setpriv")
@@ -207,15 +207,15 @@ def isolation() -> _Isolation:
                 except (OSError, subprocess.TimeoutExpired):
                     ok = False
                 if ok:
-                    return _Isolation("namespaced", interp, _writable_cgroup(Path("/sys/fs/cgroup/pids")),
+                    return Isolation("namespaced", interp, _writable_cgroup(Path("/sys/fs/cgroup/pids")),
                                       _memory_cgroup_root())
             reasons.append("namespaced probe failed for " + ", ".join(candidates))
         finally:
             _release_uid(uid)
-    return _Isolation("rlimits", sys.executable, reasons=tuple(reasons))
+    return Isolation("rlimits", sys.executable, reasons=tuple(reasons))
 
 
-def _make_cgroups(iso: _Isolation, limits: Limits, name: str) -> list[tuple[str, Path]]:
+def _make_cgroups(iso: Isolation, limits: Limits, name: str) -> list[tuple[str, Path]]:
     made = []
     for kind, root, settings in (
         ("pids", iso.pids_root, {"pids.max": str(limits.max_procs)}),

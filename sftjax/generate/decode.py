@@ -58,14 +58,14 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, eo
     if max_new_tokens == 0:
         return [[] for _ in prompts]
     impl = resolve_attention(cfg.attention, head_dim=cfg.resolved_head_dim, seq_len=128)
-    ids, start = _left_pad(prompts, pad_id, cfg.attention_block, max(_PROMPT_MULTIPLE, sequence_multiple(impl)))
+    ids, start = left_pad(prompts, pad_id, cfg.attention_block, max(_PROMPT_MULTIPLE, sequence_multiple(impl)))
     eos = np.asarray(sorted(set(eos_ids)) or [-1], np.int32)  # -1 never matches a token
     key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
     greedy = temperature == 0
-    out, lengths, _ = _generate_padded(
+    out, lengths, _ = generate_padded(
         params, ids, start, eos, np.int32(max_new_tokens), np.int32(pad_id),
         np.float32(1.0 if greedy else temperature), np.float32(top_p), key,
-        static=_Static(graphdef, cfg), budget=-(-max_new_tokens // _BUDGET_MULTIPLE) * _BUDGET_MULTIPLE,
+        static=StaticGraph(graphdef, cfg), budget=-(-max_new_tokens // _BUDGET_MULTIPLE) * _BUDGET_MULTIPLE,
         greedy=greedy, top_k=0 if greedy else top_k, use_top_p=not greedy and top_p < 1.0, mesh=mesh)
     return [row[:n].tolist() for row, n in zip(np.asarray(out), np.asarray(lengths))]
 
@@ -81,7 +81,7 @@ def _check(prompts, max_new_tokens, temperature, top_k, top_p, vocab_size):
         raise ValueError(f"expected temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
 
 
-def _left_pad(prompts, pad_id: int, block: int, multiple: int):
+def left_pad(prompts, pad_id: int, block: int, multiple: int):
     """ids [b, P] with each prompt flush right, and start [b], the slot of each prompt's first token. P is a multiple
     of ``multiple`` (the bucket, and what the attention kernel needs) and, above one attention block, a multiple of it
     too (the blockwise kernel's requirement)."""
@@ -100,7 +100,7 @@ def _left_pad(prompts, pad_id: int, block: int, multiple: int):
     return ids, start
 
 
-class _Static:
+class StaticGraph:
     """A GraphDef as a jit static argument. GraphDef's own hash fails on the (mutable, unhashable) ModelConfig inside
     it; equality still compares the whole structure, and the config's repr gives a hash consistent with it."""
 
@@ -111,11 +111,11 @@ class _Static:
         return self._hash
 
     def __eq__(self, other):
-        return isinstance(other, _Static) and self.graphdef == other.graphdef
+        return isinstance(other, StaticGraph) and self.graphdef == other.graphdef
 
 
 @functools.partial(jax.jit, static_argnames=("static", "budget", "greedy", "top_k", "use_top_p", "mesh"))
-def _generate_padded(params, ids, start, eos, limit, pad_id, temperature, top_p, key, *, static: _Static,
+def generate_padded(params, ids, start, eos, limit, pad_id, temperature, top_p, key, *, static: StaticGraph,
                      budget: int, greedy: bool, top_k: int, use_top_p: bool, mesh):
     """Left-padded ids [b, P] -> (tokens [b, budget], lengths [b], steps taken). tokens[:, i] is the i-th new token,
     pad_id once a row has finished; lengths counts each row's tokens before its first EOS."""

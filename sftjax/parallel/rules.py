@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -41,44 +41,36 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 _RULES = dict(LOGICAL_AXIS_RULES)
 
 
-def _axis_size(mesh: Mesh, axes) -> int:
-    if axes is None:
-        return 1
-    if isinstance(axes, str):
-        axes = (axes,)
-    return math.prod(mesh.shape[a] for a in axes)
-
-
-def spec_for(logical: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> PartitionSpec:
-    """PartitionSpec for logical names; with shape+mesh, uneven dimensions fall back to replication."""
-    parts = []
+def shard_dims(logical: Sequence[str | None], shape: Sequence[int] | None = None,
+               mesh_shape: Mapping[str, int] | None = None) -> list[tuple]:
+    """The sharding rule, once: per dimension, (the mesh axes that shard it or None, and the axes its rule names
+    when their size does not divide the dimension, else None). A mesh axis shards at most one dimension of an array;
+    an undivided dimension is replicated. ``spec_for`` builds specs from this and ``sftjax-dryrun`` reports the
+    undivided dimensions from it."""
+    out: list[tuple] = []
     used: set[str] = set()
     for i, name in enumerate(logical):
         if name is None:
-            parts.append(None)
+            out.append((None, None))
             continue
         if name not in _RULES:
             raise KeyError(f"logical axis {name!r} has no rule in sftjax.parallel.rules.LOGICAL_AXIS_RULES")
         axes = _RULES[name]
         axes_t = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        if any(a in used for a in axes_t):
-            axes = None  # a mesh axis may appear once per spec
-        elif shape is not None and mesh is not None and shape[i] % _axis_size(mesh, axes) != 0:
-            axes = None
-        if axes is not None:
+        if not axes_t or any(a in used for a in axes_t):
+            out.append((None, None))
+        elif shape is not None and mesh_shape is not None and shape[i] % math.prod(mesh_shape[a] for a in axes_t):
+            out.append((None, axes_t))
+        else:
             used.update(axes_t)
-        parts.append(axes)
-    return PartitionSpec(*parts)
+            out.append((axes, None))
+    return out
 
 
-def explain(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> list[str]:
-    """Human-readable notes about dimensions that were replicated because they do not divide evenly."""
-    notes = []
-    for i, name in enumerate(logical):
-        axes = _RULES.get(name) if name else None
-        if axes is not None and shape[i] % _axis_size(mesh, axes) != 0:
-            notes.append(f"dim {i} ({name}={shape[i]}) not divisible by mesh {axes}={_axis_size(mesh, axes)}: replicated")
-    return notes
+def spec_for(logical: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> PartitionSpec:
+    """PartitionSpec for logical names; with shape+mesh, uneven dimensions fall back to replication."""
+    mesh_shape = dict(mesh.shape) if mesh is not None else None
+    return PartitionSpec(*(axes for axes, _ in shard_dims(logical, shape, mesh_shape)))
 
 
 # The mesh that activation constraints refer to; set by the train step builder, unset for plain model calls.

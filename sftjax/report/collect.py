@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import yaml
 
+from sftjax.config.base import is_number
+
 # Directories inside a run directory that never hold another run.
 RUN_INTERNALS = {"checkpoints", "tb", "tokenizer", "hf", "eval", ".hydra"}
 STEP_FILE = re.compile(r"^step_(\d+)\.json$")
@@ -81,7 +83,7 @@ class Run:
     def final_scalars(self) -> dict[str, float]:
         """{"SUITE/METRIC": value} of the final evaluation, numbers only (None stays out)."""
         return {f"{s}/{m}": v for s, suite in self.final_eval.items() for m, v in suite["metrics"].items()
-                if _is_number(v)}
+                if is_number(v)}
 
     def sources_with_loss(self) -> list[str]:
         seen: list[str] = []
@@ -213,9 +215,6 @@ def sort_value(v):
         return (0, float(v), "")
     return (1, 0, str(v))
 
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _number(v):
@@ -435,7 +434,7 @@ def find_run_dirs(root: Path) -> list[Path]:
     return found
 
 
-def _sweep_info(root: Path, warnings: list[str]) -> list[dict]:
+def sweep_info(root: Path, warnings: list[str]) -> list[dict]:
     """Each sweep under root: its swept overrides (multirun.yaml) and, where sftjax.sweep wrote manifest.json, its
     jobs ({"run_dir", "status", "error", "override_dirname"}) and their counts."""
     out = []
@@ -501,7 +500,7 @@ def collect_runs(dirs: list[str | Path], log: Callable[[str], None] = lambda m: 
         if not found:
             raise NoRunsError(f"{d}: no run directories in it (looked for metrics.jsonl, eval/step_N.json and "
                               ".hydra/config.yaml at any depth)")
-        here = _sweep_info(d, warnings)
+        here = sweep_info(d, warnings)
         sweeps += here
         jobs = _job_status(here)
         for path in found:
@@ -539,7 +538,7 @@ def collect_runs(dirs: list[str | Path], log: Callable[[str], None] = lambda m: 
 
 def headline_metrics(kind: str, metrics: dict) -> list[str]:
     """The metrics of a suite worth a column or a plot (not its counts)."""
-    return [m for m, v in metrics.items() if m not in COUNT_METRICS and (_is_number(v) or v is None)
+    return [m for m, v in metrics.items() if m not in COUNT_METRICS and (is_number(v) or v is None)
             and not (kind == "judge" and m.startswith("criterion/"))]
 
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from sftjax.ckpt.checkpoints import Checkpointer, abstract_like
 from sftjax.config import Config, ConfigError, to_dict
+from sftjax.data.batch import batch_spec, process_rows, to_device
 from sftjax.data.pipeline import DataPipeline
 from sftjax.data.tokenizer import run_tokenizer
 from sftjax.model.attention import resolve as resolve_attention
@@ -25,7 +26,7 @@ from sftjax.train.metrics import MetricsWriter
 from sftjax.train.optimizer import make_optimizer, staged_schedule
 from sftjax.train.run_dir import check_run_dir, truncate_metrics
 from sftjax.train.state import init_train_state, step_array, train_state_layout
-from sftjax.train.step import BATCH_DTYPES, batch_shardings, jit_train_step, make_train_step
+from sftjax.train.step import jit_train_step, make_train_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -77,14 +78,6 @@ def attended_pairs(segment_ids: np.ndarray, positions: np.ndarray) -> float:
     """Causal (query, key) pairs inside real documents: sum of position+1 over non-padding tokens."""
     real = segment_ids > 0
     return float((positions[real] + 1).sum())
-
-
-def global_batch_to_device(local: dict[str, np.ndarray], mesh, global_rows: int) -> dict[str, jax.Array]:
-    shardings = batch_shardings(mesh)
-    return {
-        k: jax.make_array_from_process_local_data(shardings[k], v, (global_rows,) + v.shape[1:])
-        for k, v in local.items()
-    }
 
 
 class _StopSignals:
@@ -181,11 +174,8 @@ def train(cfg: Config, log=print) -> dict:
         mesh,
     )
     procs, pid = jax.process_count(), jax.process_index()
-    local_rows = rows // procs
     t0 = time.perf_counter()
-    batch_spec = {k: jax.ShapeDtypeStruct((rows, seq), dt, sharding=batch_shardings(mesh)[k])
-                  for k, dt in BATCH_DTYPES.items()}
-    compiled = step_fn.lower(state, batch_spec).compile() if start < total_steps else None
+    compiled = step_fn.lower(state, batch_spec(mesh, rows, seq)).compile() if start < total_steps else None
     compile_s = time.perf_counter() - t0
     if compiled is not None:
         log(f"compiled train step in {compile_s:.1f}s (attention: {attn})")
@@ -253,11 +243,11 @@ def train(cfg: Config, log=print) -> dict:
         with _StopSignals() as stop:
             for step in range(start + 1, total_steps + 1):
                 stage, global_batch, stage_ends = data.next_batch()  # the same on every process; each keeps its rows
-                local = {k: v[pid * local_rows : (pid + 1) * local_rows] for k, v in global_batch.items()}
+                local = process_rows(global_batch, pid, procs)
                 real = int((global_batch["segment_ids"] > 0).sum())
                 flops = train_flops(cfg.model, real,
                                     attended_pairs(global_batch["segment_ids"], global_batch["positions"]))
-                state, metrics = compiled(state, global_batch_to_device(local, mesh, rows))
+                state, metrics = compiled(state, to_device(local, mesh, rows))
                 total_tokens += real
                 window_tokens += real
                 window_flops += flops

@@ -18,12 +18,13 @@ import numpy as np
 from flax import nnx
 
 from sftjax.config import Config, ConfigError, ModelConfig
+from sftjax.data.batch import batch_shardings, batch_spec
 from sftjax.model.flops import matmul_params, param_count, train_flops
 from sftjax.parallel.mesh import make_mesh
-from sftjax.parallel.rules import MESH_AXES, _RULES
+from sftjax.parallel.rules import MESH_AXES, shard_dims
 from sftjax.train.optimizer import make_optimizer
 from sftjax.train.state import abstract_model, logical_axes, train_state_layout
-from sftjax.train.step import BATCH_DTYPES, batch_shardings, jit_train_step, make_train_step
+from sftjax.train.step import jit_train_step, make_train_step
 
 GIB = 2**30
 SCHEDULE_STEPS = 1000  # the learning-rate schedule's length changes no shape; any value compiles the same step
@@ -49,17 +50,10 @@ def _undivided(cfg: ModelConfig, mesh_shape: dict[str, int]) -> list[tuple[tuple
     found: dict[tuple, list[str]] = defaultdict(list)
 
     def visit(key_path, leaf, axes):
-        used: set[str] = set()
-        for dim, name in zip(leaf.shape, tuple(axes)):
-            rule = _RULES.get(name) if name else None
-            mesh_axes = (rule,) if isinstance(rule, str) else tuple(rule or ())
-            if not mesh_axes or any(a in used for a in mesh_axes):
-                continue  # replicated by rule, or the mesh axis already shards another dimension of this parameter
-            size = math.prod(mesh_shape[a] for a in mesh_axes)
-            if dim % size == 0:
-                used.update(mesh_axes)
-            else:
-                found[(name, dim, mesh_axes, size)].append(_path_str(key_path))
+        for name, dim, (_, undivided) in zip(tuple(axes), leaf.shape, shard_dims(tuple(axes), leaf.shape, mesh_shape)):
+            if undivided:
+                size = math.prod(mesh_shape[a] for a in undivided)
+                found[(name, dim, undivided, size)].append(_path_str(key_path))
 
     jax.tree_util.tree_map_with_path(visit, nnx.to_pure_dict(abstract), logical_axes(abstract))
     out = []
@@ -123,7 +117,7 @@ def plan(cfg: Config, *, peak_flops: float, memory_gib: float = 0.0, strict: boo
     state_spec = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     rows, seq = cfg.train.global_batch_size, cfg.data.seq_len
     b_shard = batch_shardings(mesh)
-    batch_spec = {k: jax.ShapeDtypeStruct((rows, seq), dt, sharding=b_shard[k]) for k, dt in BATCH_DTYPES.items()}
+    abstract_batch = batch_spec(mesh, rows, seq)
     step_fn = jit_train_step(
         make_train_step(graphdef, optimizer, schedule, grad_accum=cfg.train.grad_accum,
                         num_sources=max(len(cfg.data.sources), 1), mesh=mesh),
@@ -132,7 +126,7 @@ def plan(cfg: Config, *, peak_flops: float, memory_gib: float = 0.0, strict: boo
     if log:
         log(f"lowering and compiling the train step on {n} {jax.default_backend()} devices ...")
     t0 = time.perf_counter()
-    lowered = step_fn.lower(state_spec, batch_spec)
+    lowered = step_fn.lower(state_spec, abstract_batch)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
@@ -144,7 +138,7 @@ def plan(cfg: Config, *, peak_flops: float, memory_gib: float = 0.0, strict: boo
              + compiled_mem["generated_code"])
     params_b = _shard_bytes(abstract["params"], shardings["params"])
     opt_b = _shard_bytes(abstract["opt_state"], shardings["opt_state"])
-    batch_b = _shard_bytes(batch_spec, b_shard)
+    batch_b = _shard_bytes(abstract_batch, b_shard)
 
     tokens = rows * seq
     pairs = rows * seq * (seq + 1) / 2  # full rows of one document each: every causal (query, key) pair

@@ -13,18 +13,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sftjax.data.batch import batch_shardings
 from sftjax.parallel.rules import activation_mesh, constrain
 from sftjax.train.loss import masked_token_losses
 
-BATCH_DTYPES = {
-    "input_ids": jnp.int32,
-    "targets": jnp.int32,
-    "loss_mask": jnp.bool_,
-    "segment_ids": jnp.int32,
-    "positions": jnp.int32,
-    "source_ids": jnp.int32,
-}
-BATCH_KEYS = tuple(BATCH_DTYPES)
 
 
 def token_losses(graphdef, params, mb, mesh: Mesh | None = None):
@@ -99,11 +91,6 @@ def make_train_step(graphdef, optimizer, schedule, *, grad_accum: int, num_sourc
         return new_state, metrics
 
     return train_step
-
-
-def batch_shardings(mesh: Mesh) -> dict:
-    rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
-    return {k: rows for k in BATCH_KEYS}
 
 
 def jit_train_step(step_fn, state_shardings, mesh: Mesh):
