@@ -41,9 +41,10 @@ from sftjax.parallel.mesh import make_mesh
 from sftjax.parallel.rules import activation_mesh
 from sftjax.data.batch import to_device
 from sftjax.train.loop import attended_pairs
-from sftjax.train.loss import masked_token_losses
+from sftjax.model.loss import masked_token_losses
 from sftjax.train.optimizer import make_optimizer
-from sftjax.train.state import abstract_model, init_train_state
+from sftjax.model.layout import abstract_model
+from sftjax.train.state import init_train_state
 from sftjax.train.step import jit_train_step, make_train_step
 
 H100_BF16_DENSE = 989e12  # H100/H200 SXM datasheet, dense bf16

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sftjax.config import ConfigError
-from sftjax.data.mixing import MixEntry, parse_amount, select, stage_stream
+from sftjax.data.mixing import MixEntry, example_count, select, stage_stream
 from sftjax.data.packing import fill, pack, shifted
 
 EOS = 2
@@ -57,13 +57,13 @@ def test_default_weights_pool_the_data_and_epochs_see_each_example(sources):
 
 def test_amounts_are_nested_and_seeded():
     fractions = ["1/256", "1/64", "1/16", "1/4", 1]
-    subsets = [set(select(10_000, parse_amount(a, 10_000, "k"), seed=5, name="math")) for a in fractions]
+    subsets = [set(select(10_000, example_count(a, 10_000, "k"), seed=5, name="math")) for a in fractions]
     assert [len(s) for s in subsets] == [39, 156, 625, 2500, 10_000]
     assert all(a < b for a, b in zip(subsets, subsets[1:]))  # 1/256 ⊂ 1/64 ⊂ ... ⊂ 1
     assert set(select(10_000, 39, seed=5, name="math")) == subsets[0]  # seeded: the same again
     assert set(select(10_000, 39, seed=6, name="math")) != subsets[0]
     assert set(select(10_000, 39, seed=5, name="code")) != subsets[0]  # each source its own permutation
-    assert parse_amount(250, 10_000, "k") == 250 and parse_amount(0.5, 3, "k") == 2 and parse_amount("1/1000", 10, "k") == 1
+    assert example_count(250, 10_000, "k") == 250 and example_count(0.5, 3, "k") == 2 and example_count("1/1000", 10, "k") == 1
 
 
 @pytest.mark.parametrize("amount, expected", [
@@ -72,7 +72,7 @@ def test_amounts_are_nested_and_seeded():
 ])
 def test_bad_input_is_reported_amounts(amount, expected):
     with pytest.raises(ConfigError, match="data.stages.0.mix.math.amount") as e:
-        parse_amount(amount, 10_000, "data.stages.0.mix.math.amount")
+        example_count(amount, 10_000, "data.stages.0.mix.math.amount")
     assert expected in str(e.value)
 
 

@@ -412,10 +412,8 @@ def test_http_endpoint_down():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     j = HttpJudge(f"http://127.0.0.1:{port}", "m", retries=2, backoff_s=0.01)
-    t0 = time.monotonic()
     with pytest.raises(JudgeError, match=rf"http://127\.0\.0\.1:{port}/v1/chat/completions failed after 3 attempts"):
         j(MSGS)
-    assert time.monotonic() - t0 < 5
 
 
 def test_http_400_fails_at_once(server):

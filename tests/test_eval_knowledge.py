@@ -10,6 +10,7 @@ from sftjax.cli.data import main as data_main
 from sftjax.config import ConfigError
 from sftjax.data import prepare as prep
 from sftjax.data.formats import to_example
+from sftjax.data.facts import TRAIN_FORMATS, make_fact_set
 from sftjax.eval import knowledge as kn
 
 
@@ -136,10 +137,10 @@ def test_load_items_errors_name_file_and_line(tmp_path):
 
 
 def test_make_fact_set_deterministic_and_parses_in_every_format():
-    train, items = kn.make_fact_set(40, seed=3)
-    assert (train, items) == kn.make_fact_set(40, seed=3)
-    assert kn.make_fact_set(40, seed=4) != (train, items)
-    assert list(train) == list(kn.TRAIN_FORMATS)
+    train, items = make_fact_set(40, seed=3)
+    assert (train, items) == make_fact_set(40, seed=3)
+    assert make_fact_set(40, seed=4) != (train, items)
+    assert list(train) == list(TRAIN_FORMATS)
     fact_ids = [r["fact_id"] for r in train["qa"]]
     assert len(set(fact_ids)) == 40
     for fmt, records in train.items():
@@ -170,7 +171,7 @@ def test_make_fact_set_deterministic_and_parses_in_every_format():
     # a model that had learned every fact scores 1.0 on every split
     assert kn.score([i["answer"] for i in items], items)["accuracy"] == 1.0
     with pytest.raises(ValueError, match="n_facts"):
-        kn.make_fact_set(1, seed=0)
+        make_fact_set(1, seed=0)
 
 
 def test_prepare_knowledge_writes_loadable_files(tmp_path):
@@ -179,9 +180,9 @@ def test_prepare_knowledge_writes_loadable_files(tmp_path):
     entry = manifest["sources"]["knowledge"]
     assert list(manifest["sources"]) == ["knowledge"] and entry["packages"] == []
     assert entry["data_licence"].startswith(prep.PROJECT_LICENCE) and entry["counts"]["facts"] == 12
-    names = [f"knowledge_{fmt}_train.jsonl" for fmt in kn.TRAIN_FORMATS] + ["knowledge_test.jsonl"]
+    names = [f"knowledge_{fmt}_train.jsonl" for fmt in TRAIN_FORMATS] + ["knowledge_test.jsonl"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names + ["MANIFEST.json"])
-    for fmt in kn.TRAIN_FORMATS:
+    for fmt in TRAIN_FORMATS:
         lines = (tmp_path / f"knowledge_{fmt}_train.jsonl").read_text().splitlines()
         assert len(lines) == 12 == entry["files"][f"knowledge_{fmt}_train.jsonl"]["records"]
         assert entry["files"][f"knowledge_{fmt}_train.jsonl"]["format"] == fmt

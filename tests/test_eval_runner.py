@@ -143,7 +143,7 @@ def test_knowledge_and_judge_suites_run_and_count_unparseable(tmp_path):
     from flax import nnx
 
     from sftjax.config import DataConfig, JudgeConfig
-    from sftjax.eval.knowledge import make_fact_set
+    from sftjax.data.facts import make_fact_set
     from sftjax.eval.runner import run_suites
     from sftjax.model.llama import Llama
     from tests.helpers import tiny_config
@@ -243,7 +243,7 @@ def test_eval_time_excludes_no_training_time(tmp_path, monkeypatch):
         ready.append(all(x.is_ready() for x in jax.tree.leaves(state)))
         return {"eval/x/loss": 1.0}
 
-    monkeypatch.setattr(loop._Evaluator, "__call__", fake_eval)
+    monkeypatch.setattr(loop.Evaluator, "__call__", fake_eval)
     cfg = tiny_config(str(tmp_path / "run"), **{"train.max_steps": 4})
     cfg.eval.every_n_steps = 2
     cfg.eval.suites = {"x": Suite(kind="loss", path="unused.jsonl")}

@@ -188,7 +188,7 @@ def test_top_k_and_top_p_keep_the_right_tokens():
 
 def test_sharded_generation_equals_single_device(eight_devices):
     from sftjax.parallel.mesh import make_mesh
-    from sftjax.train.state import param_shardings
+    from sftjax.model.layout import param_shardings
 
     cfg = tiny(scan_layers=True)
     model = make_model(cfg)

@@ -36,7 +36,7 @@ def loaded(cache):
 
 def test_first_use_converts_with_messages(cache):
     root, d, logs = cache
-    assert d == root / G.EMBEDDED_SUBDIR and G._is_complete(d)
+    assert d == root / G.EMBEDDED_SUBDIR and G.is_complete(d)
     assert any("one-time" in m for m in logs) and any(m.startswith("done in") for m in logs)
     assert not [p for p in root.iterdir() if ".partial-" in p.name], "temporary directory left behind"
 
@@ -100,7 +100,7 @@ def test_imported_model_answers_like_transformers(loaded, cache, eight_devices):
     from sftjax.ckpt import hf
     from sftjax.generate import generate
     from sftjax.parallel.mesh import make_mesh
-    from sftjax.train.state import abstract_model, param_shardings
+    from sftjax.model.layout import abstract_model, param_shardings
 
     model, _, tok = loaded
     cfg = hf.read_hf_config(cache[1])
@@ -143,14 +143,13 @@ def test_clear_errors(tmp_path, monkeypatch):
         G.smollm2_gguf_path()
 
 
-def test_second_call_is_a_fast_cache_hit(cache, monkeypatch):
+def test_second_call_is_a_cache_hit(cache, monkeypatch):
     root, d, _ = cache
     mtime = (d / "model.safetensors").stat().st_mtime_ns
     monkeypatch.setattr(G, "gguf_to_hf", lambda *a, **k: pytest.fail("reconverted a complete cache"))
     logs = []
-    t0 = time.perf_counter()
     assert G.embedded_default_dir(root, log=logs.append) == d
-    assert time.perf_counter() - t0 < 0.5 and not logs
+    assert not logs  # nothing converted, nothing to say
     assert (d / "model.safetensors").stat().st_mtime_ns == mtime
 
 

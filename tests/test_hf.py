@@ -14,7 +14,7 @@ from sftjax.ckpt import hf
 from sftjax.config import ConfigError, ModelConfig
 from sftjax.generate import generate
 from sftjax.parallel.mesh import make_mesh
-from sftjax.train.state import abstract_model, param_shardings
+from sftjax.model.layout import abstract_model, param_shardings
 from tests.hf_fixtures import VARIANTS, make_hf_model
 from tests.test_cli import ROOT, run_train, train_env
 

@@ -11,7 +11,7 @@ from flax import nnx
 from sftjax.config import ModelConfig, RopeScalingConfig, compose_config
 from sftjax.model import Llama
 from sftjax.model.flops import param_count
-from sftjax.train.state import abstract_model
+from sftjax.model.layout import abstract_model
 from tests.helpers import packed_batch
 
 

@@ -41,7 +41,7 @@ def _clean_float32(x: float) -> float:
     return float(str(np.float32(x)))
 
 
-def _is_complete(d: Path) -> bool:
+def is_complete(d: Path) -> bool:
     return d.is_dir() and all((d / name).is_file() for name in REQUIRED_FILES)
 
 
@@ -125,13 +125,13 @@ def embedded_default_dir(cache_dir: str | Path | None = None, log=print) -> Path
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     dst = root / EMBEDDED_SUBDIR
-    if _is_complete(dst):
+    if is_complete(dst):
         return dst
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{EMBEDDED_SUBDIR}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if _is_complete(dst):
+            if is_complete(dst):
                 return dst
             if dst.exists():
                 log(f"removing incomplete {dst}")

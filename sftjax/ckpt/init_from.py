@@ -116,7 +116,7 @@ def load_model(init_from: str, runtime: ModelConfig, mesh, log=print) -> LoadedM
     from flax import nnx
     from transformers import AutoTokenizer
 
-    from sftjax.train.state import abstract_model, param_shardings
+    from sftjax.model.layout import abstract_model, param_shardings
 
     source = resolve_init_source(init_from, log=log)
     if source.tokenizer_dir is None:

@@ -49,7 +49,7 @@ def hf_to_sftjax(src: str, dst: Path, scan_layers: bool) -> None:
 
     from sftjax.ckpt import hf
     from sftjax.ckpt.checkpoints import save_params_only
-    from sftjax.train.state import abstract_model, param_shardings
+    from sftjax.model.layout import abstract_model, param_shardings
 
     _fresh_destination(dst)
     t0 = time.perf_counter()
@@ -77,7 +77,7 @@ def sftjax_to_hf(src: Path, dst: Path, dtype: str, max_shard_bytes: int) -> None
 
     from sftjax.ckpt import hf
     from sftjax.ckpt.checkpoints import abstract_like, latest_meta, model_config_of, restore_params, trained_template
-    from sftjax.train.state import abstract_model, param_shardings
+    from sftjax.model.layout import abstract_model, param_shardings
 
     _fresh_destination(dst)
     t0 = time.perf_counter()

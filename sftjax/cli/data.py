@@ -72,7 +72,13 @@ def _inspect(args: argparse.Namespace) -> None:
         raise ConfigError(" ".join(str(e).split("\nConfig search path")[0].split())) from None
     from sftjax.data.inspect import inspect_data, print_report
 
-    report = inspect_data(cfg, batches, show=show, log=lambda m: print(m, file=sys.stderr))
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    source = None
+    if cfg.model.init_from:
+        from sftjax.ckpt.init_from import resolve_init_source
+
+        source = resolve_init_source(cfg.model.init_from, log=log)
+    report = inspect_data(cfg, batches, show=show, source=source, log=log)
     print_report(report)
     if keys["json"]:
         out = Path(keys["json"])

@@ -52,7 +52,7 @@ class Config:
         """strategy.name != none writes data.stages (once, when the config is composed); they are then checked
         like any others."""
         if self.strategy.name != "none":
-            from sftjax.data.strategy import strategy_stages
+            from sftjax.config.strategy import strategy_stages
 
             self.data.stages = strategy_stages(self.strategy, self.data, self.optim)
 

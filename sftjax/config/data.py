@@ -5,11 +5,25 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
-from sftjax.config.base import require
+from sftjax.config.base import ConfigError, require
 from sftjax.config.train import OptimConfig
+
+
+def parse_amount(value, key: str) -> Fraction:
+    """A configured data amount as an exact fraction: a share of a source ("1/16", 0.25; 1 is the whole source) or a
+    count of examples (a whole number above 1). The one parser of amounts: mixing turns it into an example count,
+    strategies scale it, reports show it."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        amount = Fraction(str(value).strip())
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"config key '{key}': expected a fraction like 1/16 or a whole count, got {value!r}") from None
+    return amount
 
 
 FORMATS = ("alpaca", "messages", "prompt_completion", "text", "qa", "masking", "completion", "completion_no_system")
@@ -72,7 +86,7 @@ class StageConfig:
 
 @dataclass
 class StrategyConfig:
-    """Builds data.stages from the specialized and general sources (sftjax.data.strategy; conf/strategy)."""
+    """Builds data.stages from the specialized and general sources (sftjax.config.strategy; conf/strategy)."""
 
     name: str = "none"  # none | multitask | sequential | mixed_sequential | dmt
     specialized: list[str] = field(default_factory=list)
@@ -89,7 +103,7 @@ class StrategyConfig:
 
 @dataclass
 class DataConfig:
-    """Sources, formats and the stages that mix them (the contract users write most; see ARCHITECTURE.md)."""
+    """Sources, formats and the stages that mix them (the contract users write most; see docs/design.md)."""
 
     name: str = "fixture"
     seq_len: int = 2048

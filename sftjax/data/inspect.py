@@ -39,13 +39,9 @@ def histogram(lengths: np.ndarray, seq_len: int) -> list[tuple[str, int]]:
     return [(f"{lo}-{hi - 1}", int(c)) for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)]
 
 
-def inspect_data(cfg: Config, batches: int, show: int = 3, log=print) -> dict:
-    """Draw the first ``batches`` global batches; returns the report (the contract of inspect.json)."""
-    source = None
-    if cfg.model.init_from:
-        from sftjax.ckpt.init_from import resolve_init_source
-
-        source = resolve_init_source(cfg.model.init_from, log=log)
+def inspect_data(cfg: Config, batches: int, show: int = 3, source=None, log=print) -> dict:
+    """Draw the first ``batches`` global batches; returns the report (the contract of inspect.json). ``source``: the
+    resolved ``model.init_from`` (sftjax.ckpt.init_from), whose tokenizer the data is made with."""
     tokenizer = run_tokenizer(cfg, None, source)
     pipe = DataPipeline(cfg.data, tokenizer, seed=cfg.train.seed, global_rows=cfg.train.global_batch_size,
                         max_steps=cfg.train.max_steps, log=log)

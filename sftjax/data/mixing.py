@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Sequence
 
 import grain
 import numpy as np
 
 from sftjax.config import ConfigError
+from sftjax.config.data import parse_amount
 
 
 @dataclass(frozen=True)
@@ -31,20 +31,13 @@ class MixEntry:
     weight: float | None = None
 
 
-def parse_amount(amount, n: int, where: str) -> int:
+def example_count(amount, n: int, where: str) -> int:
     """How many of ``n`` examples an amount selects: 1 is all of them, a fraction in (0, 1) that share (at least
     one example), a whole number above 1 that many."""
-    value = amount
-    if isinstance(amount, str):
-        try:
-            value = Fraction(amount.strip())
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(f"config key '{where}': expected a fraction like 1/16 or a whole count, got {amount!r}")
-    if isinstance(value, bool) or not isinstance(value, (int, float, Fraction)):
-        raise ConfigError(f"config key '{where}': expected a fraction like 1/16 or a whole count, got {amount!r}")
+    value = parse_amount(amount, where)
     if value == 1:
         return n  # "amount: 1" is the whole source (a count of one example is not a useful amount)
-    if value > 1 and float(value).is_integer():
+    if value > 1 and value.denominator == 1:
         count = int(value)
         if not 1 <= count <= n:
             raise ConfigError(f"config key '{where}': a count between 1 and the source's {n} examples, got {count}")
@@ -92,7 +85,7 @@ def stage_stream(examples: dict[str, Sequence], mix: dict[str, MixEntry], *, see
         pool = examples[name]
         if not len(pool):
             raise ConfigError(f"data source '{name}' has no usable examples")
-        idx = select(len(pool), parse_amount(mix[name].amount, len(pool), f"{where}.{name}.amount"), seed, name)
+        idx = select(len(pool), example_count(mix[name].amount, len(pool), f"{where}.{name}.amount"), seed, name)
         counts[name] = len(idx)
         chosen = [pool[i] for i in idx]
         lengths[name] = float(np.mean([len(x["input_ids"]) for x in chosen]))

@@ -187,7 +187,7 @@ _LOSS_FNS: dict = {}  # id -> (graphdef, mesh, jitted): holding both keeps their
 def _loss_fn(graphdef, mesh):
     key = (id(graphdef), id(mesh))
     if key not in _LOSS_FNS:
-        from sftjax.train.step import token_losses
+        from sftjax.model.loss import token_losses
 
         def sums(params, batch):
             tok, mask, _ = token_losses(graphdef, params, batch, mesh)

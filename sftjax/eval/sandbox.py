@@ -47,7 +47,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STATUSES = ("passed", "failed", "timeout", "killed", "error")
 
 _NET_PRELUDE = '''\
 def _sftjax_block_network():

@@ -228,7 +228,7 @@ def _attend(q, k_cache, v_cache, layer, valid, slot):
 def _decode_step(model: Llama, tok, positions, cache, slot, mask):
     """One new token per row: tok [b] at ``positions`` [b], written to cache slot ``slot``; ``mask`` [b, slots] holds
     the slots each row may see. Returns (next-token logits [b, vocab], cache). The same computation as
-    ``model.decode`` (the blocks' own projections, MLP and norms) on the head-major cache of :func:`_head_major`."""
+    a block's forward (its own projections, MLP and norms) on the head-major cache of :func:`_head_major`."""
     cfg = model.cfg
     dt = compute_dtype(cfg.dtype)
     x = constrain(jnp.take(model.embed[...], tok[:, None], axis=0).astype(dt), ("act_batch", "act_length", "act_embed"))

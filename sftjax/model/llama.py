@@ -148,15 +148,14 @@ class Block(nnx.Module):
         x = x + self.mlp(self.post_attn_norm(x))
         return constrain(x, ("act_batch", "act_length", "act_embed"))
 
-    def cached(self, x, cos, sin, cache: KVCache, layer, index, attend):
-        """The block with its new keys/values written to ``cache`` at (layer, slots index..index+s) first, so that
-        ``attend(q, k, v, cache_k, cache_v)`` sees the fresh keys and values (the prefill; sftjax.generate decodes with its
-        own head-major cache)."""
+    def prefill(self, x, cos, sin, cache: KVCache, layer, segment_ids, positions):
+        """The block over a prompt, its keys/values also written to ``cache`` at (layer, slots 0..s): the training
+        attention over the prompt itself, since the cache holds nothing else yet (sftjax.generate then decodes with
+        its own head-major cache)."""
         q, k, v = self.attn.project(self.input_norm(x), cos, sin)
-        cache = cache.write(layer, index, k, v)
-        cache_k = jax.lax.dynamic_index_in_dim(cache.k, layer, 0, keepdims=False)
-        cache_v = jax.lax.dynamic_index_in_dim(cache.v, layer, 0, keepdims=False)
-        x = x + self.attn.output(attend(q, k, v, cache_k, cache_v))
+        cache = cache.write(layer, 0, k, v)
+        out = attention(q, k, v, segment_ids, positions, causal=True, impl=self.attn.impl, block=self.attn.block)
+        x = x + self.attn.output(out)
         x = x + self.mlp(self.post_attn_norm(x))
         return constrain(x, ("act_batch", "act_length", "act_embed")), cache
 
@@ -237,14 +236,6 @@ class Llama(nnx.Module):
         cache). Attention is the training kernel over the prompt itself (the cache holds nothing else yet), so the
         logits are exactly the ones ``__call__`` gives. Left-pad the prompts so the last slot is every row's last token.
         """
-        impl, block = self.cfg.attention, self.cfg.attention_block
-
-        def attend(q, k, v, cache_k, cache_v):
-            return attention(q, k, v, segment_ids, positions, causal=True, impl=impl, block=block)
-
-        return self._cached_forward(input_ids, positions, cache, 0, attend)
-
-    def _cached_forward(self, input_ids, positions, cache: KVCache, index, attend):
         cfg = self.cfg
         dt = compute_dtype(cfg.dtype)
         x = constrain(jnp.take(self.embed[...], input_ids, axis=0).astype(dt), ("act_batch", "act_length", "act_embed"))
@@ -254,12 +245,12 @@ class Llama(nnx.Module):
 
             def body(carry, xs):
                 (h, cache), (params, layer) = carry, xs
-                return nnx.merge(graphdef, params).cached(h, cos, sin, cache, layer, index, attend), None
+                return nnx.merge(graphdef, params).prefill(h, cos, sin, cache, layer, segment_ids, positions), None
 
             (x, cache), _ = jax.lax.scan(body, (x, cache), (stacked, jnp.arange(cfg.num_layers)))
         else:
             for layer, block in enumerate(self.layers):
-                x, cache = block.cached(x, cos, sin, cache, layer, index, attend)
+                x, cache = block.prefill(x, cos, sin, cache, layer, segment_ids, positions)
         x = self.final_norm(x[:, -1])  # only the newest slot predicts the next token
         logits = constrain(x @ self.head_kernel().astype(x.dtype), ("act_batch", "act_vocab"))
         return logits, cache.constrained()

@@ -1,7 +1,7 @@
 """Find run directories (single runs and Hydra sweeps) and read what sftjax wrote into them.
 
 A run directory is any directory holding ``metrics.jsonl``, ``eval/step_N.json`` or ``.hydra/config.yaml``
-(see ARCHITECTURE.md, "A run directory holds"). For each run this reads the saved config, every metrics line, every
+(see docs/design.md, "Run directory"). For each run this reads the saved config, every metrics line, every
 evaluation and ``data_stats.json``, and derives the run's experiment coordinates (model, strategy, DMT k, the data
 amount of each source, epochs, seed). An ``sftjax-eval`` output file (``{"models": {init_from: {suite: ...}}}``)
 given on the command line becomes one row per model.
@@ -25,13 +25,13 @@ from typing import Any, Callable
 
 import yaml
 
-from sftjax.config.base import is_number
+from sftjax.config.base import ConfigError, is_number
+from sftjax.config.data import parse_amount
 
 # Directories inside a run directory that never hold another run.
 RUN_INTERNALS = {"checkpoints", "tb", "tokenizer", "hf", "eval", ".hydra"}
 STEP_FILE = re.compile(r"^step_(\d+)\.json$")
 # Suite kinds whose metrics are abilities (higher is better, in [0, 1]); and the headline metrics of each kind.
-ABILITY_KINDS = ("math", "code", "knowledge", "judge")
 COUNT_METRICS = ("n", "unparseable", "truncated_prompts", "tokens", "examples", "truncated", "dropped", "judged",
                  "raw_mean")
 
@@ -79,11 +79,6 @@ class Run:
         out = dict(self.evals[max(self.evals)]) if self.evals else {}
         out.update(self.extra_eval)
         return out
-
-    def final_scalars(self) -> dict[str, float]:
-        """{"SUITE/METRIC": value} of the final evaluation, numbers only (None stays out)."""
-        return {f"{s}/{m}": v for s, suite in self.final_eval.items() for m, v in suite["metrics"].items()
-                if is_number(v)}
 
     def sources_with_loss(self) -> list[str]:
         seen: list[str] = []
@@ -179,11 +174,12 @@ def _short_key(key: str) -> str:
 # -- values ----------------------------------------------------------------------------------------------------------
 
 
-def parse_amount(value) -> Fraction | int | None:
-    """A data amount as configured: a fraction of the source (<= 1) or a count of examples (> 1)."""
+def amount_coordinate(value) -> Fraction | int | None:
+    """A data amount as a report coordinate: a fraction of the source (<= 1), a count of examples (> 1), or None
+    for what does not parse (a report shows it rather than failing)."""
     try:
-        f = Fraction(str(value).strip())
-    except (ValueError, ZeroDivisionError):
+        f = parse_amount(value, "amount")
+    except ConfigError:
         return None
     return int(f) if f > 1 else f
 
@@ -229,7 +225,7 @@ def _number(v):
 
 def stages_of(config: dict) -> list[dict]:
     """The stages a config trains, as plain dicts: data.stages when it sets them, else the ones the strategy preset
-    builds (sftjax.data.strategy, the code training used), else one stage of every source."""
+    builds (sftjax.config.strategy, the code training used), else one stage of every source."""
     data = config.get("data") or {}
     strategy = config.get("strategy") or {}
     sources = dict(data.get("sources") or {})
@@ -239,7 +235,7 @@ def stages_of(config: dict) -> list[dict]:
                 for i, s in enumerate(data["stages"])]
     if strategy.get("name", "none") != "none":
         from sftjax.config import StrategyConfig
-        from sftjax.data.strategy import strategy_stages
+        from sftjax.config.strategy import strategy_stages
 
         known = {f.name for f in dataclasses.fields(StrategyConfig)}
         s = StrategyConfig(**{k: v for k, v in strategy.items() if k in known})
@@ -259,12 +255,12 @@ def coordinates(config: dict, stages: list[dict]) -> dict[str, Any]:
     train = config.get("train") or {}
     name = strategy.get("name", "none")
     out: dict[str, Any] = {"model": model.get("name"), "init_from": model.get("init_from") or None,
-                           "strategy": name, "k": parse_amount(strategy.get("k")) if name == "dmt" else None,
+                           "strategy": name, "k": amount_coordinate(strategy.get("k")) if name == "dmt" else None,
                            # strategy.schedule, only when it is not the default (one schedule over the run)
                            "schedule": strategy.get("schedule") if strategy.get("schedule", "run") != "run" else None}
     for stage in stages:
         for source, amount in stage["mix"].items():
-            out.setdefault(f"amount/{source}", parse_amount(amount))
+            out.setdefault(f"amount/{source}", amount_coordinate(amount))
     epochs = {s.get("epochs") for s in stages}
     out["epochs"] = float(epochs.pop()) if len(epochs) == 1 and None not in epochs else None
     out["seed"] = train.get("seed")

@@ -236,7 +236,7 @@ def train(cfg: Config, log=print) -> dict:
     bar = tqdm(total=total_steps, initial=start, disable=not (cfg.train.progress and is_main),
                dynamic_ncols=True)
     step = start
-    evaluate = _Evaluator(cfg, graphdef, tokenizer, mesh, run_dir, writer, is_main, log)
+    evaluate = Evaluator(cfg, graphdef, tokenizer, mesh, run_dir, writer, is_main, log)
     try:
         if cfg.eval.at_start and start == 0 and total_steps > 0:
             evaluate(state, 0, data.stages[data.stage].name)
@@ -297,7 +297,7 @@ def train(cfg: Config, log=print) -> dict:
     return summary
 
 
-class _Evaluator:
+class Evaluator:
     """The loop's eval hook: runs cfg.eval's suites on the current params, writes eval/step_N.json (process 0) and
     returns the flat scalars for the step's metrics line."""
 

@@ -19,11 +19,12 @@ from flax import nnx
 
 from sftjax.config import Config, ConfigError, ModelConfig
 from sftjax.data.batch import batch_shardings, batch_spec
+from sftjax.model.layout import abstract_model, logical_axes
 from sftjax.model.flops import matmul_params, param_count, train_flops
 from sftjax.parallel.mesh import make_mesh
 from sftjax.parallel.rules import MESH_AXES, shard_dims
 from sftjax.train.optimizer import make_optimizer
-from sftjax.train.state import abstract_model, logical_axes, train_state_layout
+from sftjax.train.state import train_state_layout
 from sftjax.train.step import jit_train_step, make_train_step
 
 GIB = 2**30

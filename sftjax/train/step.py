@@ -10,22 +10,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sftjax.data.batch import batch_shardings
+from sftjax.model.loss import token_losses
 from sftjax.parallel.rules import activation_mesh, constrain
-from sftjax.train.loss import masked_token_losses
 
-
-
-def token_losses(graphdef, params, mb, mesh: Mesh | None = None):
-    """Per-token cross entropy in float32, zero where loss_mask is false: (losses, mask, source_ids), each [b, s]
-    in a per-row permuted order (see sftjax.train.loss)."""
-    with activation_mesh(mesh):
-        model = nnx.merge(graphdef, params)
-        hidden = model.hidden_states(mb["input_ids"], mb["segment_ids"], mb["positions"])
-        return masked_token_losses(hidden, model.head_kernel(), mb["targets"], mb["loss_mask"], mb["source_ids"])
 
 
 def _sums(graphdef, params, mb, num_sources: int, mesh):

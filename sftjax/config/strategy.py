@@ -15,16 +15,15 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from sftjax.config import ConfigError, DataConfig, MixConfig, OptimConfig, StageConfig, StrategyConfig
+from sftjax.config.base import ConfigError
+from sftjax.config.data import DataConfig, MixConfig, StageConfig, StrategyConfig, parse_amount
+from sftjax.config.train import OptimConfig
 
 STRATEGIES = ("none", "multitask", "sequential", "mixed_sequential", "dmt")
 
 
-def _fraction(value: str, key: str) -> Fraction:
-    try:
-        f = Fraction(str(value).strip())
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"config key '{key}': expected a fraction like 1/16, got {value!r}") from None
+def positive_amount(value, key: str) -> Fraction:
+    f = parse_amount(value, key)
     if f <= 0:
         raise ConfigError(f"config key '{key}': expected a positive fraction, got {value!r}")
     return f
@@ -32,7 +31,7 @@ def _fraction(value: str, key: str) -> Fraction:
 
 def _scaled(amount: str, k: Fraction, key: str) -> str:
     """An amount times k: a fraction stays a fraction, a count becomes a smaller count (at least one)."""
-    a = _fraction(amount, key)
+    a = positive_amount(amount, key)
     if a > 1:
         return str(max(1, int(a * k)))
     return str(a * k)
@@ -84,7 +83,7 @@ def strategy_stages(s: StrategyConfig, data: DataConfig, optim: OptimConfig | No
         raise ConfigError(f"config key 'strategy.general': {s.name} needs both specialized and general sources")
     if s.name == "mixed_sequential":
         return [stage("specialized", s.specialized), stage("general", s.general)]
-    k = _fraction(s.k, "strategy.k")
+    k = positive_amount(s.k, "strategy.k")
     if k > 1:
         raise ConfigError(f"config key 'strategy.k': expected a fraction in (0, 1], got {s.k!r}")
     second = stage("general_plus_k", s.general)

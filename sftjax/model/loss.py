@@ -12,6 +12,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from sftjax.parallel.rules import activation_mesh
 
 
 def masked_token_losses(hidden, head, targets, loss_mask, source_ids, *, chunk: int = 256):
@@ -50,3 +54,12 @@ def masked_token_losses(hidden, head, targets, loss_mask, source_ids, *, chunk: 
                 )
             )
     return jnp.concatenate(pieces, axis=1), m, src
+
+
+def token_losses(graphdef, params, mb, mesh: Mesh | None = None):
+    """Per-token cross entropy in float32, zero where loss_mask is false: (losses, mask, source_ids), each [b, s]
+    in a per-row permuted order (see masked_token_losses)."""
+    with activation_mesh(mesh):
+        model = nnx.merge(graphdef, params)
+        hidden = model.hidden_states(mb["input_ids"], mb["segment_ids"], mb["positions"])
+        return masked_token_losses(hidden, model.head_kernel(), mb["targets"], mb["loss_mask"], mb["source_ids"])
