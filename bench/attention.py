@@ -30,7 +30,7 @@ from _common import compute_dtype, device_peak_bytes, gib, median_seconds, packe
 
 from sftjax.config import ConfigError
 from sftjax.model.attention import IMPLEMENTATIONS, attention, resolve
-from sftjax.train.loop import attended_pairs
+from sftjax.model.flops import attended_pairs
 
 
 def loss_fn(impl, seg, pos, w, real, block):

@@ -1,10 +1,13 @@
 """Data pipeline throughput and fill: read -> template -> tokenize -> mix -> pack, on one core, against the tiny
-model's training appetite at the same seq_len; fill against naive padding (one example per row).
+model's training appetite at the same seq_len; fill against naive padding (one example per row). With
+``--hygiene both`` (the default) the pipeline is built twice: without and with every hygiene stage (redact all PII
+kinds, near-duplicate removal, decontamination against 1,000 synthetic eval items).
 
-    .venv/bin/python bench/data_throughput.py [--examples 20000] [--seq-len 2048] [--steps 20]
+    .venv/bin/python bench/data_throughput.py [--examples 20000] [--seq-len 2048] [--steps 20] [--hygiene off|on|both]
 
-The data: chat records (messages format) with log-normal lengths around a realistic SFT median (~350 tokens),
-written to a temporary JSONL; the tokenizer is SmolLM2's when the embedded model is cached, else the byte-level one.
+The data: chat records (messages format) with log-normal lengths around a realistic SFT median (~350 tokens), one in
+ten carrying an e-mail address and a phone number, one in twenty a copy of an earlier record, written to a temporary
+JSONL; the tokenizer is SmolLM2's when the embedded model is cached, else the byte-level one.
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ def write_chat(path: Path, n: int, seed: int) -> None:
         for i in range(n):
             words = int(np.clip(rng.lognormal(np.log(260), 0.9), 8, 3000))
             prompt = max(2, int(words * rng.uniform(0.1, 0.6)))
-            text = rng.choice(WORDS, words)
+            text = list(rng.choice(WORDS, words))
+            if i % 10 == 3:
+                text[prompt // 2] = f"write to user{i}@example.com or call +1 212-555-01{i % 100:02d}"
+            if i % 20 == 19:
+                rng_copy = np.random.default_rng(i - 7)  # a copy of an earlier record's words
+                text = list(rng_copy.choice(WORDS, words))
             f.write(json.dumps({"id": i, "messages": [
                 {"role": "user", "content": " ".join(text[:prompt])},
                 {"role": "assistant", "content": " ".join(text[prompt:])}]}) + "\n")
@@ -83,40 +91,58 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--rows", type=int, default=8, help="rows per batch")
     ap.add_argument("--steps", type=int, default=20, help="batches drawn after construction")
+    ap.add_argument("--hygiene", choices=["off", "on", "both"], default="both")
     args = ap.parse_args()
-    from sftjax.config import DataConfig, SourceConfig
-    from sftjax.data.pipeline import DataPipeline
 
     appetite = tiny_appetite(args.seq_len, args.rows)
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # the pipeline gets one core
     tok, tok_name = tokenizer()
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.hygiene]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "chat.jsonl"
         write_chat(path, args.examples, seed=0)
-        cfg = DataConfig(seq_len=args.seq_len, sources={"chat": SourceConfig(path=str(path), format="messages")})
-        t0 = time.perf_counter()
-        pipe = DataPipeline(cfg, tok, seed=0, global_rows=args.rows, max_steps=args.steps, log=lambda *_: None)
-        build_s = time.perf_counter() - t0
-        lengths = np.asarray([len(x["input_ids"]) for x in pipe.examples["chat"]])
-        t0 = time.perf_counter()
-        real = 0
-        for _ in range(args.steps):
-            _, batch, _ = pipe.next_batch()
-            real += int((batch["segment_ids"] > 0).sum())
-        pack_s = time.perf_counter() - t0
+        for hygiene in modes:
+            measure(path, tok, tok_name, args, appetite, hygiene)
+
+
+def measure(path: Path, tok, tok_name: str, args, appetite: float, hygiene: bool) -> None:
+    from sftjax.config import DataConfig, SourceConfig
+    from sftjax.data.hygiene import EvalText
+    from sftjax.data.pipeline import DataPipeline
+
+    extra = {"redact": "all", "dedup": "near", "decontaminate": True} if hygiene else {}
+    cfg = DataConfig(seq_len=args.seq_len, sources={"chat": SourceConfig(path=str(path), format="messages", **extra)})
+    rng = np.random.default_rng(1)
+    evals = [EvalText("synthetic", str(i), " ".join(rng.choice(WORDS, 40))) for i in range(1000)] if hygiene else None
+    t0 = time.perf_counter()
+    pipe = DataPipeline(cfg, tok, seed=0, global_rows=args.rows, max_steps=args.steps, log=lambda *_: None,
+                        eval_texts=evals)
+    build_s = time.perf_counter() - t0
+    lengths = np.asarray([len(x["input_ids"]) for x in pipe.examples["chat"]])
+    t0 = time.perf_counter()
+    real = 0
+    for _ in range(args.steps):
+        _, batch, _ = pipe.next_batch()
+        real += int((batch["segment_ids"] > 0).sum())
+    pack_s = time.perf_counter() - t0
     tokens = int(lengths.sum())
     fill = real / (args.steps * args.rows * args.seq_len)
     naive = float(np.minimum(lengths, args.seq_len).mean() / args.seq_len)
+    s = pipe.source_stats["chat"]
+    print(f"\n== hygiene {'on (redact all, dedup near, decontaminate)' if hygiene else 'off'}")
     print(f"data: {args.examples} chat records, {tok_name} tokenizer, {tokens:,} tokens (median "
           f"{int(np.median(lengths))} per example), seq_len {args.seq_len}, one core")
-    print(f"read + template + tokenize: {tokens / build_s:12,.0f} tokens/s ({build_s:.1f} s)")
-    print(f"mix + pack + batch:         {real / pack_s:12,.0f} tokens/s ({args.steps} batches of {args.rows} rows)")
+    if hygiene:
+        print(f"hygiene: {sum(s.redacted.values())} PII redacted ({s.redacted}), {s.duplicates} duplicates, "
+              f"{s.contaminated} contaminated dropped")
+    print(f"read + clean + template + tokenize: {tokens / build_s:12,.0f} tokens/s ({build_s:.1f} s)")
+    print(f"mix + pack + batch:                 {real / pack_s:12,.0f} tokens/s ({args.steps} batches of {args.rows} "
+          "rows)")
     end_to_end = 1 / (1 / (tokens / build_s) + 1 / (real / pack_s))
-    print(f"end to end:                 {end_to_end:12,.0f} tokens/s")
-    print(f"tiny model's training step: {appetite:12,.0f} tokens/s -> the loader is {end_to_end / appetite:.0f}x "
-          "its appetite")
+    print(f"end to end:                         {end_to_end:12,.0f} tokens/s")
+    print(f"tiny model's training step:         {appetite:12,.0f} tokens/s -> the loader is "
+          f"{end_to_end / appetite:.0f}x its appetite")
     print(f"fill: {fill:.1%} packed (best-fit, {cfg.packing_bins} bins) vs {naive:.1%} with one example per row")
-
 
 if __name__ == "__main__":
     main()

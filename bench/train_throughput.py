@@ -36,11 +36,10 @@ from flax import nnx
 
 from sftjax.config import ModelConfig, OptimConfig, TrainConfig
 from sftjax.model.attention import resolve
-from sftjax.model.flops import matmul_params, param_count, train_flops
+from sftjax.model.flops import attended_pairs, matmul_params, param_count, train_flops
 from sftjax.parallel.mesh import make_mesh
 from sftjax.parallel.rules import activation_mesh
 from sftjax.data.batch import to_device
-from sftjax.train.loop import attended_pairs
 from sftjax.model.loss import masked_token_losses
 from sftjax.train.optimizer import make_optimizer
 from sftjax.model.layout import abstract_model

@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import orbax.checkpoint as ocp
 
 from sftjax.ckpt.checkpoints import Checkpointer
@@ -35,6 +36,7 @@ def final_params(run_dir: Path, step: int) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves((got.params, got.opt_state))]
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     """SIGTERM mid-run saves a checkpoint; the same command resumes it; the steps after the interruption log the
     same losses as an uninterrupted run and the final parameters and optimizer state are bit-identical."""
@@ -70,6 +72,7 @@ def test_resume_is_exact(tmp_path):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path):
     run_dir = tmp_path / "run"
     tiny = ["model=tiny", "model.attention_block=64", "data.seq_len=128", "train.global_batch_size=4",
@@ -104,6 +107,7 @@ def test_checkpointer_keeps_last_and_best(tmp_path):
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4, 5]
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_changes_nothing(tmp_path):
     run_dir = tmp_path / "run"
     tiny = ["model=tiny", "model.attention_block=64", "data.seq_len=128", "train.global_batch_size=4",

@@ -25,6 +25,7 @@ def run_train(*args, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_train_writes_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     r = run_train(f"run_dir={run_dir}", *TINY, "train.max_steps=4", "train.progress=false")
@@ -73,6 +74,7 @@ def test_train_checks_that_need_devices_fail_before_compiling(tmp_path):
     assert r.returncode == 2 and "model.vocab_size" in r.stderr and ">= 259" in r.stderr
 
 
+@pytest.mark.slow
 def test_train_stops_on_nonfinite_loss(tmp_path):
     r = run_train(f"run_dir={tmp_path / 'nan'}", *TINY, "train.max_steps=6", "optim.lr=1e30", "optim.grad_clip=0",
                   "optim.warmup_ratio=0", "train.progress=false")
@@ -80,6 +82,7 @@ def test_train_stops_on_nonfinite_loss(tmp_path):
     assert "at step" in r.stderr and "Last good checkpoint" in r.stderr
 
 
+@pytest.mark.slow
 def test_train_runs_a_dmt_curriculum(tmp_path):
     """strategy=dmt end to end: two stages in order, metrics carry the stage, a checkpoint at each stage end and
     data_stats.json with the realized composition per stage."""

@@ -50,6 +50,7 @@ def test_generate_writes_the_jsonl_contract(hf_dir, tmp_path):
     assert f"[chat] {rows[1]['completion']}" in r.stdout
 
 
+@pytest.mark.slow
 def test_generate_bad_input_is_reported(hf_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": 1, "prompt": "w1"}) + "\n{not json\n")

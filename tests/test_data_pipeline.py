@@ -131,7 +131,7 @@ def test_bad_input_is_reported_config():
 def test_long_conversations_are_clipped_exactly(tmp_path):
     """Turns wholly past seq_len are not rendered, and the tokens kept are exactly those of the full rendering."""
     from sftjax.data.formats import to_example
-    from sftjax.data.pipeline import clip_turns
+    from sftjax.data.templates import clip_turns
     from sftjax.data.templates import render
 
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 20}
@@ -165,7 +165,7 @@ class _ThreadGather:
         return gather
 
 
-def _sharded(name, source_id, cfg, n):
+def _sharded(name, source_id, cfg, n, hygiene=lambda: None):
     from concurrent.futures import ThreadPoolExecutor
     from functools import partial
 
@@ -177,7 +177,7 @@ def _sharded(name, source_id, cfg, n):
     def run(i):
         try:
             return tokenize_source(name, source_id, cfg, TOK, (i, n), partial(distributed.exchange,
-                                                                             allgather=gather(i)))
+                                                                             allgather=gather(i)), hygiene=hygiene())
         except ConfigError as e:
             return e
 
@@ -202,6 +202,30 @@ def test_sharded_equals_single_tokenization():
                         np.testing.assert_array_equal(a[k], b[k])
                         assert a[k].dtype == b[k].dtype
         assert ref_stats.dropped > 0 if name == "prose" else ref_stats.dropped == 0
+
+
+def test_sharded_equals_single_with_hygiene(tmp_path):
+    """Redaction, dedup and decontamination run on the whole source in every process, so P processes keep exactly
+    the records, texts and counts one process keeps."""
+    from sftjax.data.hygiene import EvalText, Hygiene
+    from sftjax.data.pipeline import tokenize_source
+
+    rows = [{"prompt": f"Question {i % 7}: mail me at user{i % 3}@example.com", "completion": f" answer {i % 7}"}
+            for i in range(40)]
+    rows[5] = {"prompt": "How many clips did Natalia sell altogether in April and May this year?", "completion": " 72"}
+    path = tmp_path / "h.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = {"h": SourceConfig(path=str(path), format="prompt_completion", redact="all", dedup="near",
+                             decontaminate=True)}
+    cfg = DataConfig(seq_len=128, sources=src)
+    texts = [EvalText("math", "q1", "How many clips did Natalia sell altogether in April and May this year?")]
+    ref, ref_stats = tokenize_source("h", 0, cfg, TOK, hygiene=Hygiene(cfg.hygiene, texts))
+    assert ref_stats.duplicates > 0 and ref_stats.contaminated == 1 and ref_stats.redacted["email"] > 0
+    for n in (2, 3):
+        for examples, stats in _sharded("h", 0, cfg, n, hygiene=lambda: Hygiene(cfg.hygiene, texts)):
+            assert stats == ref_stats and len(examples) == len(ref)
+            for a, b in zip(examples, ref, strict=True):
+                np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
 
 
 def test_bad_input_is_reported_by_every_process(tmp_path):

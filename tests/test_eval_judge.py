@@ -392,26 +392,26 @@ def test_chat_completions_url(url):
 @pytest.mark.parametrize("status", [500, 503, 429])
 def test_http_retries_transient_errors(server, status):
     server.script = [(status, {"error": {"message": "busy"}}, 0), (200, "[[6]]", 0)]
-    assert HttpJudge(server.url, "m", retries=2, backoff_s=0.01)(MSGS) == ["[[6]]"]
+    assert HttpJudge(server.url, "m", retries=2)(MSGS) == ["[[6]]"]
     assert len(server.requests) == 2
 
 
 def test_http_retries_timeouts(server):
     server.script = [(200, "[[2]]", 1.0), (200, "[[3]]", 0)]
-    assert HttpJudge(server.url, "m", timeout_s=0.2, retries=1, backoff_s=0.01)(MSGS) == ["[[3]]"]
+    assert HttpJudge(server.url, "m", timeout_s=0.2, retries=1)(MSGS) == ["[[3]]"]
 
 
 def test_http_gives_up_after_retries(server):
     server.script = [(502, {"error": {"message": "upstream down"}}, 0)] * 3
     with pytest.raises(JudgeError, match=r"failed after 3 attempts; last error: HTTP 502: upstream down"):
-        HttpJudge(server.url, "m", retries=2, backoff_s=0.01)(MSGS)
+        HttpJudge(server.url, "m", retries=2)(MSGS)
 
 
 def test_http_endpoint_down():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    j = HttpJudge(f"http://127.0.0.1:{port}", "m", retries=2, backoff_s=0.01)
+    j = HttpJudge(f"http://127.0.0.1:{port}", "m", retries=2)
     with pytest.raises(JudgeError, match=rf"http://127\.0\.0\.1:{port}/v1/chat/completions failed after 3 attempts"):
         j(MSGS)
 
@@ -419,7 +419,7 @@ def test_http_endpoint_down():
 def test_http_400_fails_at_once(server):
     server.script = [(400, {"error": {"message": "model 'm' does not exist"}}, 0)]
     with pytest.raises(JudgeError, match=r"rejected: HTTP 400: model 'm' does not exist"):
-        HttpJudge(server.url, "m", retries=3, backoff_s=5)(MSGS)
+        HttpJudge(server.url, "m", retries=3)(MSGS)
     assert len(server.requests) == 1
 
 
@@ -442,3 +442,89 @@ def test_callable_judge_checks_replies():
     with pytest.raises(JudgeError, match="reply #0 is NoneType"):
         CallableJudge(lambda b: [None])(MSGS)
     assert math.isclose(score(MT, [{"id": 1, "turns": ["q"]}], [["a"]], lambda b: ["[[4]]"])["raw_mean"], 4)
+
+
+# ------------------------------------------------------------------------------------------- aggregation (seeded)
+
+
+def seeded_judge(seed: int):
+    """A fake judge whose ratings are a seeded function of what it is asked: deterministic, different per question,
+    so aggregates can be recomputed independently."""
+    import hashlib
+    import random
+
+    def ratings(messages) -> dict:
+        key = hashlib.sha256((str(seed) + messages[-1]["content"]).encode()).hexdigest()
+        rng = random.Random(key)
+        return {n: rng.randint(1, 10) for n in EIGHT.names}
+
+    return ratings, CallableJudge(lambda batch: ["Verdict.\n" + json.dumps(ratings(m)) for m in batch])
+
+
+def test_seeded_judge_gives_the_expected_aggregates_per_criterion_category_and_domain():
+    from sftjax.config import FIXTURE_DIR
+
+    questions = load_questions(FIXTURE_DIR / "zhang45_questions.jsonl", EIGHT)
+    answers = [["An answer."] * len(q["turns"]) for q in questions]
+    ratings, judge = seeded_judge(7)
+    out = score(EIGHT, questions, answers, judge)
+    norm = {q["id"]: {k: (v - 1) / 9 for k, v in ratings(judge_messages(EIGHT, q, a)).items()}
+            for q, a in zip(questions, answers)}
+
+    def weights(q):
+        w = {k: v for k, v in q["weights"].items() if v > 0}
+        return {k: v / sum(w.values()) for k, v in w.items()}
+
+    per_q = {q["id"]: sum(w * norm[q["id"]][k] for k, w in weights(q).items()) for q in questions}
+    assert out["score"] == pytest.approx(sum(per_q.values()) / len(per_q))
+    for c in CRITERIA8:
+        applies = [q["id"] for q in questions if q["weights"][c] > 0]
+        assert out["per_criterion"][c] == pytest.approx(sum(norm[i][c] for i in applies) / len(applies))
+    assert out["per_criterion"]["overall"] == pytest.approx(sum(n["overall"] for n in norm.values()) / len(norm))
+    for domain in ("general", "in_domain"):
+        ids = [q["id"] for q in questions if q["domain"] == domain]
+        assert out["per_domain"][domain]["score"] == pytest.approx(sum(per_q[i] for i in ids) / len(ids))
+        assert out["per_domain"][domain]["n"] == len(ids)
+    cats = {q["category"] for q in questions}
+    assert set(out["per_category"]) == cats and out["n_unparseable"] == 0
+    assert score(EIGHT, questions, answers, seeded_judge(7)[1]) == out  # the same seed, the same aggregates
+
+
+def test_aggregates_by_hand():
+    """Two questions, one per domain; accuracy applies only to the first."""
+    qs = [{"id": "g", "domain": "general", "category": "math", "turns": ["q"],
+           "weights": {**{c: 0 for c in CRITERIA8}, "accuracy": 3, "clarity": 1}},
+          {"id": "b", "domain": "in_domain", "category": "ad_copy", "turns": ["q"],
+           "weights": {**{c: 0 for c in CRITERIA8}, "clarity": 1, "politeness": 1}}]
+    replies = iter([eight_json(accuracy=10, clarity=1, politeness=4, overall=7),
+                    eight_json(accuracy=1, clarity=10, politeness=4, overall=10)])
+    out = score(EIGHT, qs, [["a"], ["a"]], CallableJudge(lambda b: [next(replies) for _ in b]))
+    assert out["per_domain"]["general"]["score"] == pytest.approx(0.75)  # 3/4 * 1 + 1/4 * 0
+    assert out["per_domain"]["in_domain"]["score"] == pytest.approx(0.5 * 1 + 0.5 * 3 / 9)
+    assert out["per_criterion"]["accuracy"] == 1.0  # the second question's 1 does not apply
+    assert out["per_criterion"]["clarity"] == pytest.approx(0.5)
+    assert out["per_criterion"]["politeness"] == pytest.approx(3 / 9)
+    assert out["per_criterion"]["safety"] is None  # applies to no question
+    assert out["overall"] == pytest.approx((6 / 9 + 1) / 2)
+
+
+@pytest.mark.parametrize("line, msg", [
+    ({"id": "x", "domain": "general", "category": "c", "turns": ["t"], "points": ["p"], "weights": {"clarity": 1}},
+     "line 2: missing field 'guidelines'"),
+    ({"id": "x", "domain": "general", "category": "c", "turns": ["t"], "points": ["p"],
+      "weights": {"charm": 1}, "guidelines": {}}, r"line 2: field 'weights\.charm': unknown criterion"),
+    ({"id": "x", "domain": "general", "category": "c", "turns": ["t"], "points": ["p"],
+      "weights": {"clarity": -1}, "guidelines": {}}, r"line 2: 'weights\.clarity' must be a finite number >= 0"),
+    ({"id": "x", "domain": "general", "category": "c", "turns": ["t"], "points": ["p"],
+      "weights": {"clarity": 2}, "guidelines": {}}, r"line 2: field 'guidelines\.clarity' is missing"),
+    ({"id": "x", "domain": "sales", "category": "c", "turns": ["t"], "points": ["p"],
+      "weights": {"clarity": 1}, "guidelines": {"clarity": "g"}}, "line 2: field 'domain' must be one of"),
+    ({"id": "x", "domain": "general", "category": "c", "turns": ["t"], "weights": {"clarity": 1},
+      "guidelines": {"clarity": "g"}}, "line 2: missing field 'reference' or 'points'"),
+])
+def test_bad_input_is_reported_question_set(tmp_path, line, msg):
+    path = tmp_path / "qs.jsonl"
+    header = {"format": "sftjax-questions/1", "name": "mine", "license": "CC0", "description": "d"}
+    path.write_text(json.dumps(header) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}:2: ") + msg.removeprefix("line 2: ")):
+        load_questions(path, EIGHT)

@@ -51,6 +51,7 @@ def evaluated_run(tmp_path_factory):
     return tmp, conf, run_dir, r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_in_training_eval_writes_step_files_and_metrics(evaluated_run):
     _, _, run_dir, out = evaluated_run
     # at_start (step 0), every 2 steps (2) and the stage end (3, the last step)
@@ -72,6 +73,7 @@ def test_in_training_eval_writes_step_files_and_metrics(evaluated_run):
     assert "eval math (math): accuracy" in out
 
 
+@pytest.mark.slow
 def test_sftjax_eval_matches_in_training_eval(evaluated_run):
     """The same suites on the run's final checkpoint give the numbers training logged at its last step."""
     tmp, conf, run_dir, _ = evaluated_run
@@ -137,6 +139,7 @@ def test_prompts_longer_than_positions_are_truncated_and_counted():
         c.complete([[5]], max_new_tokens=64)
 
 
+@pytest.mark.slow
 def test_knowledge_and_judge_suites_run_and_count_unparseable(tmp_path):
     """Knowledge items and a judge rubric through the runner: an endpoint judge (a local fake OpenAI server) is
     scored; the evaluated tiny model judging itself writes no rating, which is counted, not scored as zero."""
@@ -228,6 +231,7 @@ def test_code_suite_chat_mode_runs_the_replys_code_block(tmp_path):
         EvalConfig(suites={"x": SuiteConfig(kind="code", path="a.jsonl", prompt="fim")}).validate()
 
 
+@pytest.mark.slow
 def test_eval_time_excludes_no_training_time(tmp_path, monkeypatch):
     """The steps dispatched before an evaluation have finished when its clock starts: otherwise their compute is
     counted as eval time and the eval step's tokens/s comes out tens of times too high."""

@@ -34,6 +34,7 @@ def loaded(cache):
     return model.eval(), info, AutoTokenizer.from_pretrained(cache[1])
 
 
+@pytest.mark.slow
 def test_first_use_converts_with_messages(cache):
     root, d, logs = cache
     assert d == root / G.EMBEDDED_SUBDIR and G.is_complete(d)
@@ -72,6 +73,7 @@ def test_tokenizer_and_chat_template(loaded):
                                                                       "<|im_start|>assistant\n")
 
 
+@pytest.mark.slow
 def test_logits_equal_gguf_loaded_model(loaded):
     src = G.smollm2_gguf_path()
     ref = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name).eval()
@@ -91,6 +93,7 @@ def test_greedy_answer_is_sensible(loaded):
     assert "Paris" in answer
 
 
+@pytest.mark.slow
 def test_imported_model_answers_like_transformers(loaded, cache, eight_devices):
     """The embedded default imported into sftjax gives transformers' logits and the same greedy answer."""
     import jax

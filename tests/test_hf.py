@@ -89,6 +89,7 @@ def test_hf_roundtrip(variant, tmp_path, eight_devices):
     assert generate(model, [prompt[0].tolist()], 32) == [want]
 
 
+@pytest.mark.slow
 def test_convert_cli_round_trip(tmp_path):
     """sftjax-convert hf-to-sftjax then sftjax-to-hf gives back the same tensors, config and tokenizer."""
     src, mid, out = tmp_path / "src", tmp_path / "sftjax", tmp_path / "out"
@@ -117,6 +118,7 @@ def test_convert_cli_round_trip(tmp_path):
     assert r.returncode == 2 and "not a run directory or an sftjax checkpoint directory" in r.stderr
 
 
+@pytest.mark.slow
 def test_train_init_from_hf_and_export(tmp_path):
     """model.init_from=hf:DIR starts from the HF weights (a tiny lr keeps them close) and train.export_hf writes a
     directory transformers loads, tokenizer and chat template included."""

@@ -331,6 +331,7 @@ def test_slurm_sweep_without_partition_fails_naming_it(tmp_path):
     assert not (tmp_path / "job.sh").exists()
 
 
+@pytest.mark.slow
 def test_local_launcher_sweep_runs_two_tiny_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     r = run([sys.executable, "-m", "sftjax.cli.train", "-m", "hydra/launcher=local", f"run_dir={sweep}",

@@ -52,6 +52,7 @@ def test_packed_equals_unpacked(attention):
                                    atol=1e-5)
 
 
+@pytest.mark.slow
 def test_scan_and_remat_match_unrolled():
     rng = np.random.default_rng(1)
     batch = packed_batch(rng, [[30, 60], [100]], seq_len=128, vocab=512)
@@ -192,6 +193,7 @@ def test_model_matches_transformers_logits(variant):
     np.testing.assert_allclose(ours, ref, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32():
     rng = np.random.default_rng(2)
     batch = packed_batch(rng, [[60, 60]], seq_len=128, vocab=512)

@@ -42,6 +42,7 @@ def test_weight_decay_mask_excludes_norms_and_biases():
     assert not flat["layers/0/attn/q_bias"] and not flat["layers/0/attn/v_bias"]
 
 
+@pytest.mark.slow
 def test_weight_decay_applies_only_where_masked():
     """With zero gradients, AdamW changes only decayed parameters (by lr * wd * p)."""
     model = Llama(ModelConfig(qkv_bias=True, num_layers=1), nnx.Rngs(0))

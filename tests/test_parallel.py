@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec
 
 from sftjax.parallel.rules import LOGICAL_AXIS_RULES, spec_for
@@ -35,6 +36,7 @@ def losses(run_dir):
     return [json.loads(line)["loss"] for line in open(Path(run_dir) / "metrics.jsonl")]
 
 
+@pytest.mark.slow
 def test_sharded_equals_single_two_processes(tmp_path):
     port = free_port()
     procs = [launch(i, 2, port, tmp_path / "two", tmp_path / f"p{i}.npy") for i in range(2)]

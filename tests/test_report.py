@@ -310,3 +310,28 @@ def test_a_presets_sweep_axes_are_reported(tmp_path):
         "sweeper": {"params": {"size": "7b,13b", "strategy": "multitask,dmt"}}}})))
     (info,) = sweep_info(tmp_path, [])
     assert info["swept"] == ["strategy.amount=1/128,1/4", "strategy=multitask,dmt"]
+
+
+def test_rubric_table_and_plot_compare_models_across_criteria(tmp_path):
+    """Zhang & Chen's table: models as rows, the eight criteria + overall + the weighted score as columns, then the
+    score per domain; and one plot of every criterion per model."""
+    names = ["clarity", "accuracy", "completeness", "conciseness", "safety", "specificity", "consideration",
+             "politeness", "overall"]
+
+    def suite(base: float) -> dict:
+        metrics = {"score": base, "n": 45, "judged": 44, "unparseable": 1,
+                   **{f"criterion/{n}": round(base + 0.01 * i, 3) for i, n in enumerate(names)},
+                   "domain/general/score": base - 0.05, "domain/in_domain/score": base + 0.05}
+        return {"rubric": {"kind": "judge", "metrics": metrics, "results": []}}
+
+    out = tmp_path / "eval.json"
+    out.write_text(json.dumps({"models": {"base": suite(0.5), "runs/ft": suite(0.7)}}))
+    _, plots, md_path = write_report([out], tmp_path / "report")
+    md = md_path.read_text()
+    header = ("| model | " + " | ".join(names) + " | weighted | general (weighted) | in_domain (weighted) | judged | "
+              "unparseable |")
+    assert header in md
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "0.7" in line and "| 44 | 1 |" in line]
+    assert len(rows) == 1 and "| 0.75 |" in rows[0]  # in_domain score of the fine-tuned model
+    (plot,) = [p for p in plots if p.file == "rubric_criteria.png"]
+    assert (tmp_path / "report" / plot.file).stat().st_size > 0

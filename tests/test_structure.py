@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Lower layers never import higher ones: a subpackage may import only those listed before it.
-LAYERS = ["config", "parallel", "model", "data", "ckpt", "generate", "eval", "train", "sweep", "report", "cli"]
+LAYERS = ["config", "parallel", "model", "data", "ckpt", "generate", "serve", "eval", "train", "sweep", "report", "cli"]
 
 
 def modules() -> dict[str, Path]:
@@ -75,4 +75,32 @@ def test_no_private_names_are_imported_across_modules():
             if (isinstance(node, ast.Attribute) and private(node.attr) and isinstance(node.value, ast.Name)
                     and node.value.id in aliases):
                 wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not wrong, "\n".join(wrong)
+
+
+def called_functions(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            f = node.func
+            names.add(f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", ""))
+    return names
+
+
+def test_one_model_loader_one_renderer_one_batch_contract():
+    """Weights reach devices through ckpt.init_from.load_model only; prompts are rendered by data.templates only;
+    batch rows are built by data.batch only. A second implementation would show up as a second caller of the
+    low-level pieces below."""
+    owners = {
+        "load_hf_params": {"sftjax/ckpt/init_from.py", "sftjax/ckpt/hf.py"},
+        "restore_params": {"sftjax/ckpt/init_from.py", "sftjax/ckpt/checkpoints.py"},
+        "apply_chat_template": {"sftjax/data/templates.py"},
+        "empty_row": {"sftjax/data/batch.py", "sftjax/data/packing.py", "sftjax/data/pipeline.py"},
+    }
+    wrong = []
+    for path in (ROOT / "sftjax").rglob("*.py"):
+        rel = str(path.relative_to(ROOT))
+        for name in called_functions(path) & set(owners):
+            if rel not in owners[name]:
+                wrong.append(f"{rel} calls {name}")
     assert not wrong, "\n".join(wrong)

@@ -65,6 +65,7 @@ def test_bad_input_is_reported_sweep(tmp_path):
     assert r.returncode == 2 and "strategy.kk" in r.stderr and "did you mean" in r.stderr
 
 
+@pytest.mark.slow
 def test_sweep_manifest_records_a_failed_job_and_runs_the_rest(tmp_path):
     root = tmp_path / "sweep"
     r = run_train("-m", f"run_dir={root}", "model=tiny", "model.attention_block=64", "data.seq_len=128",
@@ -111,6 +112,7 @@ def prepared(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", POINTS)
 def test_preset_runs_end_to_end_at_cpu_scale(prepared, preset):
     run_dir = prepared / "runs" / preset

@@ -53,6 +53,7 @@ def rel_diff(a, b):
     return num / np.sqrt(sum((y**2).sum() for y in lb))
 
 
+@pytest.mark.slow
 def test_loss_invariant_to_split(eight_devices):
     """batch x grad_accum x devices: every split of the same global batch gives the same loss and gradient."""
     batch = ragged_batch()
@@ -99,6 +100,7 @@ def run_steps(mesh_shape, devices, batches, grad_accum=1, model=MODEL):
     return losses, jax.tree.map(np.asarray, state["params"]), state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True])
 def test_sharded_equals_single(eight_devices, scan):
     """3 steps on 8 fake devices with fsdp=4, tensor=2 match 3 steps on one device."""

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -45,58 +46,41 @@ def _single_host_mesh():
 
 
 def hf_to_sftjax(src: str, dst: Path, scan_layers: bool) -> None:
+    import json
+
     import jax
 
     from sftjax.ckpt import hf
     from sftjax.ckpt.checkpoints import save_params_only
-    from sftjax.model.layout import abstract_model, param_shardings
+    from sftjax.ckpt.init_from import load_model
+    from sftjax.config import ModelConfig
 
     _fresh_destination(dst)
     t0 = time.perf_counter()
-    hf_dir = hf.resolve_hf_dir(src)
-    cfg = hf.read_hf_config(hf_dir)
-    cfg.scan_layers = scan_layers
-    mesh = _single_host_mesh()
-    with jax.set_mesh(mesh):
-        shardings = param_shardings(abstract_model(cfg)[1], mesh)
-    params = hf.load_hf_params(hf_dir, cfg, shardings)
-    save_params_only(dst, params, cfg, extra={"source": str(hf_dir)})
-    hf.copy_tokenizer(hf_dir, dst / "tokenizer")
-    gen = hf.read_generation_config(hf_dir)
-    if gen is not None:
-        import json
-
-        (dst / "generation_config.json").write_text(json.dumps(gen, indent=2))
-    n = sum(x.size for x in jax.tree.leaves(params))
-    print(f"sftjax-convert: {hf_dir} -> {dst}: {cfg.architecture}, {n / 1e6:.1f}M parameters, "
+    m = load_model(f"hf:{src}", ModelConfig(scan_layers=scan_layers), _single_host_mesh())
+    save_params_only(dst, m.params, dataclasses.replace(m.cfg, init_from=""), extra={"source": str(m.source.path)})
+    hf.copy_tokenizer(m.source.path, dst / "tokenizer")
+    if m.source.generation_config is not None:
+        (dst / "generation_config.json").write_text(json.dumps(m.source.generation_config, indent=2))
+    n = sum(x.size for x in jax.tree.leaves(m.params))
+    print(f"sftjax-convert: {m.source.path} -> {dst}: {m.cfg.architecture}, {n / 1e6:.1f}M parameters, "
           f"{time.perf_counter() - t0:.1f}s")
 
 
 def sftjax_to_hf(src: Path, dst: Path, dtype: str, max_shard_bytes: int) -> None:
-    import jax
-
     from sftjax.ckpt import hf
-    from sftjax.ckpt.checkpoints import abstract_like, latest_meta, model_config_of, restore_params, trained_template
-    from sftjax.model.layout import abstract_model, param_shardings
+    from sftjax.ckpt.init_from import load_model, resolve_init_source
+    from sftjax.config import ModelConfig
 
     _fresh_destination(dst)
     t0 = time.perf_counter()
-    root, step, meta = latest_meta(src)
-    cfg = model_config_of(meta)
-    mesh = _single_host_mesh()
-    with jax.set_mesh(mesh):
-        abstract = abstract_model(cfg)[1]
-        shardings = param_shardings(abstract, mesh)
-    from flax import nnx
-
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(abstract))
-    params = restore_params(root, step, abstract_like(shapes, shardings))
-    owner = root.parent
-    tokenizer = owner / "tokenizer"
-    hf.save_hf(params, cfg, dst, tokenizer_dir=tokenizer if tokenizer.is_dir() else None,
-               generation_config=hf.read_generation_config(owner), dtype=dtype, max_shard_bytes=max_shard_bytes,
-               template=trained_template(meta))
-    print(f"sftjax-convert: step {step} of {root} -> {dst} in {time.perf_counter() - t0:.1f}s")
+    source = resolve_init_source(str(src))
+    if source.kind != "sftjax":
+        raise ConfigError(f"{src}: expected a run directory or an sftjax checkpoint directory")
+    m = load_model(source, ModelConfig(init_from=str(src)), _single_host_mesh(), log=lambda _: None)
+    hf.save_hf(m.params, m.cfg, dst, tokenizer_dir=source.tokenizer_dir, generation_config=source.generation_config,
+               dtype=dtype, max_shard_bytes=max_shard_bytes, template=m.template)
+    print(f"sftjax-convert: {source.where} -> {dst} in {time.perf_counter() - t0:.1f}s")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -78,7 +78,9 @@ def _inspect(args: argparse.Namespace) -> None:
         from sftjax.ckpt.init_from import resolve_init_source
 
         source = resolve_init_source(cfg.model.init_from, log=log)
-    report = inspect_data(cfg, batches, show=show, source=source, log=log)
+    from sftjax.eval.contamination import eval_texts
+
+    report = inspect_data(cfg, batches, show=show, source=source, eval_texts=eval_texts(cfg.eval, cfg.data), log=log)
     print_report(report)
     if keys["json"]:
         out = Path(keys["json"])

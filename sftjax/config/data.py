@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from sftjax.config.base import ConfigError, require
 from sftjax.config.train import OptimConfig
@@ -26,6 +26,8 @@ def parse_amount(value, key: str) -> Fraction:
     return amount
 
 
+REDACT_KINDS = ("email", "phone", "credit_card", "ip", "iban", "url")
+DEDUP_MODES = ("none", "exact", "near")
 FORMATS = ("alpaca", "messages", "prompt_completion", "text", "qa", "masking", "completion", "completion_no_system")
 TEMPLATES = ("auto", "vicuna_v1.1", "llama2", "chatml", "none")
 
@@ -50,6 +52,26 @@ class SourceConfig:
     kind: str = "auto"  # auto | jsonl | json | parquet | csv | hf_disk | hub
     split: str = "train"
     on_bad_record: str = "error"  # error | drop (counted in data_stats.json)
+    # Privacy and hygiene, before tokenization (sftjax.data.hygiene; settings in data.hygiene):
+    redact: Any = field(default_factory=list)  # PII kinds to replace by <KIND> placeholders, or "all"
+    dedup: str = "none"  # none | exact (normalized text) | near (MinHash LSH); within and across sources
+    decontaminate: bool = False  # drop examples that overlap the eval suites' prompts or references
+
+    def redact_kinds(self) -> list[str]:
+        return list(REDACT_KINDS) if self.redact == "all" else list(self.redact or [])
+
+
+@dataclass
+class HygieneConfig:
+    """Settings shared by every source's hygiene stage."""
+
+    phone_region: str = "US"  # how numbers without a country code are read (ISO 3166 code)
+    near_threshold: float = 0.8  # near duplicates: estimated Jaccard similarity of word shingles, in (0, 1]
+    near_shingle: int = 5  # words per shingle
+    near_num_perm: int = 128  # MinHash permutations (more: a closer estimate, slower)
+    ngram: int = 13  # decontamination: shared word n-grams (13, as in GPT-3's and Llama's studies)
+    min_ngram: int = 8  # eval texts shorter than ngram use their own length, down to this; shorter ones are skipped
+    overlap: float = 0.0  # share of an eval text's n-grams a training example must hold (0: any one)
 
 
 @dataclass
@@ -116,6 +138,11 @@ class DataConfig:
     packing_bins: int = 32
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     stages: list[StageConfig] = field(default_factory=list)  # empty: one stage "main" over every source
+    hygiene: HygieneConfig = field(default_factory=HygieneConfig)
+
+    @property
+    def uses_hygiene(self) -> bool:
+        return any(s.redact or s.dedup != "none" or s.decontaminate for s in self.sources.values())
 
     def validate(self) -> None:
         require(self.seq_len >= 2, "data.seq_len", "an integer >= 2", self.seq_len)
@@ -131,9 +158,24 @@ class DataConfig:
             require(src.format in FORMATS, f"{key}.format", f"one of {FORMATS}", src.format)
             require(src.on_bad_record in ("error", "drop"), f"{key}.on_bad_record", "'error' or 'drop'",
                      src.on_bad_record)
+            redact = src.redact if src.redact == "all" else list(src.redact or [])
+            require(redact == "all" or all(k in REDACT_KINDS for k in redact), f"{key}.redact",
+                     f"'all' or a list of {list(REDACT_KINDS)}", src.redact)
+            require(src.dedup in DEDUP_MODES, f"{key}.dedup", f"one of {DEDUP_MODES}", src.dedup)
+            require(isinstance(src.decontaminate, bool), f"{key}.decontaminate", "true or false", src.decontaminate)
             if src.filter is not None:
                 require(src.filter.action in ("drop", "keep"), f"{key}.filter.action", "'drop' or 'keep'",
                          src.filter.action)
+        h = self.hygiene
+        require(0 < h.near_threshold <= 1, "data.hygiene.near_threshold", "a number in (0, 1]", h.near_threshold)
+        require(h.near_shingle >= 1, "data.hygiene.near_shingle", "a positive integer", h.near_shingle)
+        require(h.near_num_perm >= 16, "data.hygiene.near_num_perm", "an integer >= 16", h.near_num_perm)
+        require(h.ngram >= 1, "data.hygiene.ngram", "a positive integer", h.ngram)
+        require(1 <= h.min_ngram <= h.ngram, "data.hygiene.min_ngram", f"an integer in [1, ngram={h.ngram}]",
+                 h.min_ngram)
+        require(0 <= h.overlap <= 1, "data.hygiene.overlap", "a number in [0, 1]", h.overlap)
+        require(isinstance(h.phone_region, str) and len(h.phone_region) == 2 and h.phone_region.isalpha(),
+                 "data.hygiene.phone_region", "a two-letter ISO 3166 region code such as US or DE", h.phone_region)
         names = [s.name for s in self.stages]
         require(len(set(names)) == len(names), "data.stages", "stages with distinct names", names)
         for i, stage in enumerate(self.stages):

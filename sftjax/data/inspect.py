@@ -39,12 +39,13 @@ def histogram(lengths: np.ndarray, seq_len: int) -> list[tuple[str, int]]:
     return [(f"{lo}-{hi - 1}", int(c)) for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True)]
 
 
-def inspect_data(cfg: Config, batches: int, show: int = 3, source=None, log=print) -> dict:
+def inspect_data(cfg: Config, batches: int, show: int = 3, source=None, eval_texts=None, log=print) -> dict:
     """Draw the first ``batches`` global batches; returns the report (the contract of inspect.json). ``source``: the
-    resolved ``model.init_from`` (sftjax.ckpt.init_from), whose tokenizer the data is made with."""
+    resolved ``model.init_from`` (sftjax.ckpt.init_from), whose tokenizer the data is made with; ``eval_texts``:
+    what decontamination checks against, as in training."""
     tokenizer = run_tokenizer(cfg, None, source)
     pipe = DataPipeline(cfg.data, tokenizer, seed=cfg.train.seed, global_rows=cfg.train.global_batch_size,
-                        max_steps=cfg.train.max_steps, log=log)
+                        max_steps=cfg.train.max_steps, log=log, eval_texts=eval_texts)
     drawn, real, shown = 0, 0, []
     for _ in range(min(batches, pipe.total_steps)):
         _, batch, _ = pipe.next_batch()
@@ -81,6 +82,21 @@ def print_report(report: dict, out=print) -> None:
         for name, s in report[stage["name"]].items():
             out(f"  {name:<16}{s['examples']:>10,}{s['tokens']:>12,}{s['loss_tokens']:>13,}{s['truncated']:>11,}"
                 f"{s['dropped']:>9,}")
+    hygiene = {n: s for n, s in report["source_records"].items()
+               if s.get("redacted") or s.get("duplicates") or s.get("contaminated")}
+    if hygiene:
+        out("\nhygiene (before tokenization):")
+        out(f"  {'source':<16}{'redacted':>10}{'in records':>12}{'duplicates':>12}{'contaminated':>14}  per kind")
+        for name, s in hygiene.items():
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["redacted"].items()))
+            out(f"  {name:<16}{sum(s['redacted'].values()):>10,}{s['redacted_records']:>12,}{s['duplicates']:>12,}"
+                f"{s['contaminated']:>14,}  {kinds}")
+        for name, s in hygiene.items():
+            for d in s["dropped_contaminated"][:3]:
+                out(f"  {name}: dropped {d['record']}: overlaps {d['suite']} item {d['item']} ({d['overlap']:.0%} "
+                    "of its n-grams)")
+            for d in s["dropped_duplicates"][:3]:
+                out(f"  {name}: dropped {d['record']}: duplicate of {d['duplicate_of']}")
     out("\nexample lengths (tokens):")
     for name, bins in report["lengths"].items():
         out(f"  {name}: " + "  ".join(f"{b}: {c}" for b, c in bins if c))

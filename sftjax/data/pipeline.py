@@ -10,7 +10,6 @@ shapes never change and no example is left out.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from dataclasses import asdict, dataclass, field
@@ -34,17 +33,27 @@ class SourceStats:
     dropped: int = 0  # longer than seq_len with overlong=drop, or no loss token left
     examples: int = 0  # usable
     reasons: list[str] = field(default_factory=list)  # the first few reasons for bad records
+    # the hygiene stage (sftjax.data.hygiene): PII placeholders per kind, records changed, records dropped as
+    # duplicates or as contaminated, and each dropped record with what it matched
+    redacted: dict[str, int] = field(default_factory=dict)
+    redacted_records: int = 0
+    duplicates: int = 0
+    contaminated: int = 0
+    dropped_duplicates: list[dict] = field(default_factory=list)
+    dropped_contaminated: list[dict] = field(default_factory=list)
 
 
 def tokenize_source(name: str, source_id: int, cfg: DataConfig, tokenizer, shard: tuple[int, int] = (0, 1),
-                    exchange=None, limit: int = 0) -> tuple[list[dict], SourceStats]:
+                    exchange=None, limit: int = 0, hygiene=None) -> tuple[list[dict], SourceStats]:
     """A source's usable examples, in record order. With ``shard = (p, P)``, P > 1, this process renders only
     records p, p+P, ... and ``exchange`` (sftjax.data.distributed.exchange by default) gathers the rest, so every
-    process returns the same list. ``limit``: only the first N records (after filters) are used (an eval sample)."""
+    process returns the same list. ``limit``: only the first N records (after filters) are used (an eval sample).
+    ``hygiene`` (a sftjax.data.hygiene.Hygiene, shared by a run's sources): the source's redact / dedup /
+    decontaminate settings are applied to every record, in every process, before any is tokenized."""
     from sftjax.data import distributed
     from sftjax.data.formats import to_example
     from sftjax.data.sources import SourceSpec, read_source
-    from sftjax.data.templates import render
+    from sftjax.data.templates import clip_turns, render
 
     src = cfg.sources[name]
     filters = [asdict(src.filter)] if src.filter is not None else []
@@ -54,13 +63,24 @@ def tokenize_source(name: str, source_id: int, cfg: DataConfig, tokenizer, shard
     stats = SourceStats(records=read.read, filtered=read.filtered_out, bad=read.bad, reasons=list(read.bad_reasons))
     if limit:
         records = records[:limit]
+    cleaned = None
+    if hygiene is not None and (src.redact or src.dedup != "none" or src.decontaminate):
+        parsed = [to_example(rec.fields, src.format, where=rec.id) for rec in records]
+        kept, cleaned, h = hygiene.apply([rec.id for rec in records], parsed, src.redact_kinds(), src.dedup,
+                                         src.decontaminate)
+        records = [records[k] for k in kept]
+        for key, value in asdict(h).items():
+            setattr(stats, key, value)
+        if not records:
+            raise ConfigError(f"data source '{name}' ({src.path}): every record was dropped by the hygiene stage "
+                              f"({h.duplicates} duplicates, {h.contaminated} contaminated)")
     index, count = shard
     mine = distributed.Shard()
     for k in range(index, len(records), count):
         rec = records[k]
         try:
-            example = clip_turns(to_example(rec.fields, src.format, where=rec.id), tokenizer, cfg.template,
-                                 cfg.seq_len + 1)
+            example = cleaned[k] if cleaned is not None else to_example(rec.fields, src.format, where=rec.id)
+            example = clip_turns(example, tokenizer, cfg.template, cfg.seq_len + 1)
             ids, trained = render(example, tokenizer, cfg.template, cfg.train_on_prompt)
         except (ConfigError, ValueError) as e:
             if count == 1:
@@ -88,58 +108,32 @@ def tokenize_source(name: str, source_id: int, cfg: DataConfig, tokenizer, shard
     return examples, stats
 
 
-def clip_turns(example, tokenizer, template: str, limit: int):
-    """Drop the turns of a very long conversation that lie wholly past ``limit`` tokens: they would be truncated
-    away anyway, and locating assistant spans with the tokenizer's own template (``auto``) costs time quadratic in
-    the number of turns (some chat logs have hundreds). Exact: the rendering of a prefix of the turns is a prefix of
-    the whole rendering (``auto`` checks this), and the kept prefix is verified, by rendering it for real, to
-    overflow the limit already; otherwise the conversation is kept whole."""
-    from sftjax.data.formats import Conversation
-    from sftjax.data.templates import render
-
-    if template != "auto" or not isinstance(example, Conversation) or len(example.turns) < 8:
-        return example
-    turns = example.turns
-    if sum(len(t.content.encode()) for t in turns) + 16 * len(turns) <= limit:
-        return example  # a token covers at least one byte: it cannot overflow
-    system = [] if example.system is None else [{"role": "system", "content": example.system}]
-
-    def estimate(k: int) -> int:  # one plain rendering: close to the real one (which may drop a system prompt)
-        text = tokenizer.apply_chat_template(system + [{"role": t.role, "content": t.content} for t in turns[:k]],
-                                             tokenize=False)
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    target = limit + 64  # a margin over the estimate's error
-    hi = 2
-    while estimate(hi) <= target:
-        if hi >= len(turns):
-            return example
-        hi = min(2 * hi, len(turns))
-    lo = hi // 2 + 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if estimate(mid) > target else (mid + 1, hi)
-    clipped = dataclasses.replace(example, turns=turns[:lo])
-    return clipped if len(render(clipped, tokenizer, template)[0]) > limit else example
-
-
 class DataPipeline:
     def __init__(self, cfg: DataConfig, tokenizer, *, seed: int, global_rows: int, max_steps: int, log=print,
-                 shard: tuple[int, int] = (0, 1)):
+                 shard: tuple[int, int] = (0, 1), eval_texts=None):
         """``shard = (process index, process count)``: tokenization is split across the processes (see
-        sftjax.data.distributed); the batches are the same for every process count."""
+        sftjax.data.distributed); the batches are the same for every process count. ``eval_texts``
+        (sftjax.data.hygiene.EvalText): what sources with ``decontaminate: true`` are checked against."""
+        from sftjax.data.hygiene import Hygiene
+
         self.cfg, self.seed, self.rows = cfg, seed, global_rows
         self.tokenizer = tokenizer
         self.source_names = list(cfg.sources)
         self.examples, self.source_stats = {}, {}
+        hygiene = Hygiene(cfg.hygiene, eval_texts) if cfg.uses_hygiene else None
         for i, name in enumerate(self.source_names):
-            self.examples[name], self.source_stats[name] = tokenize_source(name, i, cfg, tokenizer, shard)
+            self.examples[name], self.source_stats[name] = tokenize_source(name, i, cfg, tokenizer, shard,
+                                                                           hygiene=hygiene)
             s = self.source_stats[name]
-            kept = s.records - s.filtered - s.bad
+            kept = s.records - s.filtered - s.bad - s.duplicates - s.contaminated
             here = (f"; {len(range(shard[0], kept, shard[1]))} of them tokenized by process {shard[0]} of {shard[1]}"
                     if shard[1] > 1 else "")
+            clean = (f", {sum(s.redacted.values())} PII redacted in {s.redacted_records} records"
+                     f" ({', '.join(f'{k} {v}' for k, v in sorted(s.redacted.items()))})" if s.redacted else "")
+            clean += f", {s.duplicates} duplicates" if s.duplicates else ""
+            clean += f", {s.contaminated} contaminated" if s.contaminated else ""
             log(f"data: {name}: {s.examples} examples of {s.records} records ({s.filtered} filtered, {s.bad} bad, "
-                f"{s.truncated} truncated, {s.dropped} dropped{here})")
+                f"{s.truncated} truncated, {s.dropped} dropped{clean}{here})")
         self.stages = list(cfg.stages) or [StageConfig(name="main", mix={n: MixConfig() for n in self.source_names})]
         self.steps, left = [], max_steps if max_steps > 0 else None  # train.max_steps caps the whole curriculum
         for i in range(len(self.stages)):
@@ -240,12 +234,20 @@ class DataPipeline:
         if self._rows is not None and state["iterator"] is not None:
             self._rows.set_state(state["iterator"])
 
+    def _hygiene_counts(self, name: str) -> dict:
+        """The hygiene stage's counts, in the per-stage stats only when the config uses the stage."""
+        if not self.cfg.uses_hygiene:
+            return {}
+        s = self.source_stats[name]
+        return {"duplicates": s.duplicates, "contaminated": s.contaminated, "redacted": sum(s.redacted.values())}
+
     def stats(self) -> dict:
         """data_stats.json: realized composition per stage and source, plus what happened to each source."""
         out = {}
         for i, stage in enumerate(self.stages):
             out[stage.name] = {n: {**self.consumed[i][n], "truncated": self.source_stats[n].truncated,
-                                   "dropped": self.source_stats[n].dropped + self.source_stats[n].bad}
+                                   "dropped": self.source_stats[n].dropped + self.source_stats[n].bad,
+                                   **self._hygiene_counts(n)}
                                for n in stage.mix}
         out["source_records"] = {n: asdict(s) for n, s in self.source_stats.items()}
         return out

@@ -19,6 +19,7 @@ record should not stop a run.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import weakref
 
@@ -257,6 +258,36 @@ def _merge(parts: list) -> list:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Inference: the prompt side of the same rendering, the end-of-turn tokens, and the template as Jinja for exports
+
+
+def clip_turns(example, tokenizer, template: str, limit: int):
+    """Drop the turns of a very long conversation that lie wholly past ``limit`` tokens: they would be truncated
+    away anyway, and locating assistant spans with the tokenizer's own template (``auto``) costs time quadratic in
+    the number of turns (some chat logs have hundreds). Exact: the rendering of a prefix of the turns is a prefix of
+    the whole rendering (``auto`` checks this), and the kept prefix is verified, by rendering it for real, to
+    overflow the limit already; otherwise the conversation is kept whole."""
+    if template != "auto" or not isinstance(example, Conversation) or len(example.turns) < 8:
+        return example
+    turns = example.turns
+    if sum(len(t.content.encode()) for t in turns) + 16 * len(turns) <= limit:
+        return example  # a token covers at least one byte: it cannot overflow
+    tk = _facts(tokenizer)
+
+    def estimate(k: int) -> int:  # the first k turns rendered as one text: close to the real rendering's length
+        return len(tokenizer(_auto_text(tk, example, k, False), add_special_tokens=False)["input_ids"])
+
+    target = limit + 64  # a margin over the estimate's error
+    hi = 2
+    while estimate(hi) <= target:
+        if hi >= len(turns):
+            return example
+        hi = min(2 * hi, len(turns))
+    lo = hi // 2 + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if estimate(mid) > target else (mid + 1, hi)
+    clipped = dataclasses.replace(example, turns=turns[:lo])
+    return clipped if len(render(clipped, tokenizer, template)[0]) > limit else example
 
 
 def prompt_ids(tokenizer, template: str, messages) -> list[int]:

@@ -45,7 +45,7 @@ from sftjax.eval.judge_rubrics import FORMATS, PRESETS, Criterion, Rubric, is_we
 __all__ = [
     "Messages", "MAX_TURNS", "JUDGMENT_CHARS", "FIXTURE_QUESTIONS", "FORMATS", "JudgeError", "Criterion", "Rubric",
     "PRESETS", "rubric", "judge_messages", "parse_judgment", "CallableJudge", "chat_completions_url", "HttpJudge",
-    "load_questions", "score",
+    "load_questions", "score", "QUESTION_SET_FORMAT", "DOMAINS",
 ]
 
 MAX_TURNS = 2
@@ -132,6 +132,13 @@ def judge_messages(
             "A reference answer is given; compare the assistant's answer with it and treat a different final result "
             "as a serious error."
         )
+    points = question_item.get("points") or []
+    if points:
+        parts.append("A good answer must contain or respect these points:\n" + "\n".join(f"- {p}" for p in points))
+    guidelines = {k: v for k, v in (question_item.get("guidelines") or {}).items() if k in rubric.names}
+    if guidelines:
+        parts.append("Scoring guidelines for this question:\n"
+                     + "\n".join(f"- {k}: {v}" for k, v in guidelines.items()))
     parts.append(
         "Begin with a brief explanation (under 150 words) and be as objective as possible. "
         + _format_instruction(rubric)
@@ -285,18 +292,73 @@ class CallableJudge:
 # ---------------------------------------------------------------------------------------------------------- questions
 
 
-def load_questions(path: str | Path, rubric: Rubric | None = None) -> list[dict[str, Any]]:
-    """Questions from JSON Lines, validated with errors naming file:line.
+QUESTION_SET_FORMAT = "sftjax-questions/1"
+HEADER_KEYS = {"format", "name", "license", "description"}
+QUESTION_KEYS = {"id", "domain", "category", "turns", "reference", "points", "weights", "guidelines"}
+DOMAINS = ("general", "in_domain")
 
-    Each line: ``{"id": str|int, "category"?: str, "turns": [str, ...] (1 or 2), "reference"?: [str, ...] (one per
-    turn), "weights"?: {criterion: number >= 0}}``. A missing id becomes ``file:line``. With ``rubric``, weight
-    names are checked against its criteria here rather than when scoring.
+
+def _check_question_set_item(rec: dict, where: str, criteria: tuple[str, ...]) -> None:
+    """The full question-set format (a file whose first line is the ``sftjax-questions/1`` header): every field
+    present and well-formed, every criterion known, every applying criterion (weight > 0) with a guideline."""
+    for key in sorted(set(rec) - QUESTION_KEYS):
+        raise ConfigError(f"{where}: unknown field '{key}' (expected {sorted(QUESTION_KEYS)})")
+    for key in ("id", "domain", "category", "turns", "weights", "guidelines"):
+        if key not in rec:
+            raise ConfigError(f"{where}: missing field '{key}'")
+    if "reference" not in rec and "points" not in rec:
+        raise ConfigError(f"{where}: missing field 'reference' or 'points' (a question needs a reference answer or "
+                          "the points a good answer contains)")
+    if rec["domain"] not in DOMAINS:
+        raise ConfigError(f"{where}: field 'domain' must be one of {list(DOMAINS)}, got {rec['domain']!r}")
+    points = rec.get("points", [])
+    if not isinstance(points, list) or not all(isinstance(p, str) and p.strip() for p in points):
+        raise ConfigError(f"{where}: field 'points' must be a list of non-empty strings, got {points!r:.200}")
+    weights, guidelines = rec["weights"], rec["guidelines"]
+    if not isinstance(guidelines, dict):
+        raise ConfigError(f"{where}: field 'guidelines' must be an object of criterion -> text")
+    for key in (*weights, *guidelines):
+        if key not in criteria:
+            raise ConfigError(f"{where}: field '{'weights' if key in weights else 'guidelines'}.{key}': unknown "
+                              f"criterion (expected one of {list(criteria)})")
+    for key, text in guidelines.items():
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"{where}: field 'guidelines.{key}' must be a non-empty string")
+    for key, w in weights.items():
+        if is_weight(w) and w > 0 and key not in guidelines:
+            raise ConfigError(f"{where}: field 'guidelines.{key}' is missing (criterion '{key}' has weight {w})")
+
+
+def load_questions(path: str | Path, rubric: Rubric | None = None) -> list[dict[str, Any]]:
+    """Questions from JSON Lines, validated with errors naming file:line and the field.
+
+    A question set (README "Question sets") starts with the header line ``{"format": "sftjax-questions/1", "name",
+    "license", "description"}``; then every question has ``id``, ``domain`` (general | in_domain), ``category``,
+    ``turns``, ``reference`` and/or ``points``, ``weights`` (criterion -> number >= 0; 0: the criterion does not
+    apply) and ``guidelines`` (criterion -> text, for every criterion that applies). A file without the header is
+    read leniently: ``{"id"?, "category"?, "turns", "reference"?, "weights"?}`` (a missing id becomes
+    ``file:line``). With ``rubric``, weight names are checked against its criteria here rather than when scoring.
     """
+    from sftjax.eval.judge_rubrics import PRESETS as _rubrics
+
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: question file not found")
     questions = []
     ids: dict[Any, int] = {}
+    strict = False
+    criteria = (rubric if rubric is not None and len(rubric.criteria) > 1 else _rubrics["eight_category"]).weighted
     for lineno, rec in read_jsonl(path):
         where = f"{path}:{lineno}"
+        if not questions and not ids and "format" in rec:
+            if rec["format"] != QUESTION_SET_FORMAT:
+                raise ConfigError(f"{where}: field 'format': expected {QUESTION_SET_FORMAT!r}, got {rec['format']!r}")
+            for key in sorted(set(rec) - HEADER_KEYS):
+                raise ConfigError(f"{where}: unknown header field '{key}' (expected {sorted(HEADER_KEYS)})")
+            strict = True
+            continue
+        if strict:
+            _check_question_set_item(rec, where, criteria)
         qid = rec.get("id", f"{path.name}:{lineno}")
         if not isinstance(qid, (str, int)) or isinstance(qid, bool):
             raise ConfigError(f"{where}: 'id' must be a string or integer, got {qid!r}")
@@ -333,6 +395,8 @@ def load_questions(path: str | Path, rubric: Rubric | None = None) -> list[dict[
             except ConfigError as e:
                 raise ConfigError(f"{where}: {e}") from None
         questions.append(item)
+    if not questions:
+        raise ConfigError(f"{path}: no questions")
     return questions
 
 
@@ -351,6 +415,28 @@ def _summary(rubric: Rubric, rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _per_criterion(rubric: Rubric, rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Normalized mean of each criterion over the judged rows it applies to (weight > 0 for the question; the
+    unweighted ``overall`` applies everywhere): a criterion a question turned off says nothing about it."""
+    out = {}
+    for n in rubric.names:
+        vals = [rubric.normalize(r["criteria"][n]) for r in rows
+                if r["criteria"] is not None and (n == rubric.overall or r["weights"].get(n, 0) > 0)]
+        out[n] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def _group(rubric: Rubric, rows: list[dict[str, Any]], key: str) -> dict[str, dict] | None:
+    values = sorted({r[key] for r in rows if r[key] is not None})
+    if not values:
+        return None
+    out = {}
+    for v in values:
+        mine = [r for r in rows if r[key] == v]
+        out[v] = {**_summary(rubric, mine), "per_criterion": _per_criterion(rubric, mine)}
+    return out
+
+
 def score(
     rubric: Rubric,
     questions: Sequence[Mapping[str, Any]],
@@ -364,8 +450,9 @@ def score(
     ``max_attempts`` requests each. Means are over parsed judgments only (``n_unparseable`` counts the rest). Keys:
     ``score`` (mean weighted normalized score in [0, 1]), ``raw_mean`` (the same on the rubric's scale, e.g. the
     MT-Bench score), ``overall`` (mean normalized ``overall`` rating, or None), ``per_criterion`` (normalized means),
-    ``per_turn`` (per-turn summaries when the rubric judges per turn, else None), ``per_category`` (when questions
-    have categories, else None), ``n``/``n_judged``/``n_unparseable`` (judgments), ``n_questions``, ``attempts``
+    ``per_turn`` (per-turn summaries when the rubric judges per turn, else None), ``per_category`` and
+    ``per_domain`` (summaries with their own ``per_criterion``, when questions have categories / domains, else
+    None), ``n``/``n_judged``/``n_unparseable`` (judgments), ``n_questions``, ``attempts``
     (judge requests in total) and ``results`` (one per judgment).
     """
     if len(questions) != len(answers):
@@ -410,6 +497,7 @@ def score(
         text = job["text"]
         rows.append({
             "id": q.get("id"),
+            "domain": q.get("domain"),
             "category": q.get("category"),
             "turn": job["turn"],
             "criteria": parsed,
@@ -420,11 +508,7 @@ def score(
             "judgment": text if len(text) <= JUDGMENT_CHARS else text[:JUDGMENT_CHARS] + "...",
         })
 
-    judged = [r for r in rows if r["criteria"] is not None]
-    per_criterion = {
-        n: (sum(rubric.normalize(r["criteria"][n]) for r in judged) / len(judged) if judged else None)
-        for n in rubric.names
-    }
+    per_criterion = _per_criterion(rubric, rows)
     out = _summary(rubric, rows)
     out.update({
         "overall": per_criterion[rubric.overall] if rubric.overall else None,
@@ -438,7 +522,6 @@ def score(
     if rubric.per_turn:
         turns = sorted({r["turn"] for r in rows})
         out["per_turn"] = {str(t): _summary(rubric, [r for r in rows if r["turn"] == t]) for t in turns}
-    cats = sorted({r["category"] for r in rows if r["category"] is not None})
-    if cats:
-        out["per_category"] = {c: _summary(rubric, [r for r in rows if r["category"] == c]) for c in cats}
+    out["per_category"] = _group(rubric, rows, "category")
+    out["per_domain"] = _group(rubric, rows, "domain")
     return out

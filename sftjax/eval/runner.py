@@ -151,7 +151,11 @@ def judge_suite(suite: SuiteConfig, completer: Completer, judge) -> dict:
     metrics = {"score": scored["score"], "n": scored["n"], "judged": scored["n_judged"],
                "unparseable": scored["n_unparseable"]}
     metrics.update({f"criterion/{k}": v for k, v in (scored.get("per_criterion") or {}).items()})
-    return {"metrics": metrics, "results": scored["results"],
+    for domain, d in (scored.get("per_domain") or {}).items():  # general vs in-domain (a question set's domains)
+        metrics[f"domain/{domain}/score"] = d["score"]
+        metrics.update({f"domain/{domain}/criterion/{k}": v for k, v in d["per_criterion"].items()})
+    return {"metrics": metrics, "results": scored["results"], "per_category": scored.get("per_category"),
+            "per_domain": scored.get("per_domain"),
             "answers": [{"id": q["id"], "answers": a} for q, a in zip(questions, answers)]}
 
 

@@ -33,3 +33,10 @@ def attention_flops(cfg: ModelConfig, attended_pairs: float) -> float:
 
 def train_flops(cfg: ModelConfig, tokens: float, attended_pairs: float) -> float:
     return 6.0 * matmul_params(cfg) * tokens + attention_flops(cfg, attended_pairs)
+
+
+def attended_pairs(segment_ids, positions) -> float:
+    """Causal (query, key) pairs inside real documents of a packed batch: sum of position+1 over non-padding
+    tokens (positions restart at 0 in every document)."""
+    real = segment_ids > 0
+    return float((positions[real] + 1).sum())

@@ -535,7 +535,7 @@ def collect_runs(dirs: list[str | Path], log: Callable[[str], None] = lambda m: 
 def headline_metrics(kind: str, metrics: dict) -> list[str]:
     """The metrics of a suite worth a column or a plot (not its counts)."""
     return [m for m, v in metrics.items() if m not in COUNT_METRICS and (is_number(v) or v is None)
-            and not (kind == "judge" and m.startswith("criterion/"))]
+            and not (kind == "judge" and (m.startswith("criterion/") or "/criterion/" in m))]
 
 
 def ability_metrics(kind: str, metrics: dict) -> list[str]:
@@ -550,3 +550,18 @@ def ability_metrics(kind: str, metrics: dict) -> list[str]:
     if kind == "judge":
         return [m for m in ("score",) if m in metrics]
     return []
+
+
+def rubric_suites(runs: list[Run]) -> list[tuple[str, list[str]]]:
+    """(judge suite, its criteria) for every judge suite with per-criterion scores in the runs' final evaluations,
+    criteria in the order the suite reports them (``overall`` last)."""
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        for suite, s in r.final_eval.items():
+            if s["kind"] != "judge":
+                continue
+            names = [m[len("criterion/"):] for m in s["metrics"] if m.startswith("criterion/")]
+            if names:
+                seen = out.setdefault(suite, [])
+                seen += [n for n in names if n not in seen]
+    return [(suite, sorted(names, key=lambda n: n == "overall")) for suite, names in out.items()]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sftjax.report.collect import Collection, Run, fmt_value, headline_metrics
+from sftjax.report.collect import Collection, Run, fmt_value, headline_metrics, rubric_suites
 from sftjax.report.plots import Plot
 
 COORD_HEADERS = {"model": "model", "init_from": "init from", "strategy": "strategy", "k": "k", "epochs": "epochs",
@@ -40,6 +40,30 @@ def table(col: Collection) -> str:
     return "\n".join(lines)
 
 
+def rubric_tables(col: Collection) -> list[str]:
+    """Per judge suite, Zhang & Chen's table: models as rows; each criterion, ``overall`` (the judge's own overall
+    rating) and the question-weighted score as columns (normalized, 0-1), then the score per domain when the
+    questions have domains."""
+    out = []
+    for suite, criteria in rubric_suites(col.runs):
+        runs = [r for r in col.runs if suite in r.final_eval]
+        domains = sorted({m.split("/")[1] for r in runs for m in r.final_eval[suite]["metrics"]
+                          if m.startswith("domain/") and m.endswith("/score")})
+        header = ["model", *criteria, "weighted", *(f"{d} (weighted)" for d in domains), "judged", "unparseable"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        for r in runs:
+            m = r.final_eval[suite]["metrics"]
+            cells = ([r.label] + [m.get(f"criterion/{c}") for c in criteria] + [m.get("score")]
+                     + [m.get(f"domain/{d}/score") for d in domains] + [m.get("judged"), m.get("unparseable")])
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        out += [f"### Rubric `{suite}`", "",
+                "Each criterion is the mean judge rating normalized to 0-1 over the questions it applies to "
+                "(weight > 0); weighted is the mean of each question's weighted score (weights renormalized over "
+                "its criteria); unparseable judgments were re-asked, then left out of every mean.", "",
+                "\n".join(lines), ""]
+    return out
+
+
 def render(col: Collection, plots: list[Plot], title: str = "sftjax report") -> str:
     out = [f"# {title}", "",
            f"{col.summary()}, from {', '.join(f'`{d}`' for d in col.roots)}.", ""]
@@ -55,6 +79,7 @@ def render(col: Collection, plots: list[Plot], title: str = "sftjax report") -> 
             "first stage that mixes it; k: dmt's share in its general stage); train loss is the last line of "
             "`metrics.jsonl` (nats/token); the evaluation columns are the last `eval/step_N.json` (fractions, 0-1, "
             "except loss).", "", table(col), ""]
+    out += rubric_tables(col)
     out += ["## Plots", ""]
     for p in plots:
         out += [f"### {p.name}", "", p.caption, ""]

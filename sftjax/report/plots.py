@@ -14,6 +14,8 @@ score_vs_epoch.png / score_vs_step.png
                                     run, else steps), abilities and validation losses
 memorization_vs_generalization.png  knowledge suites: accuracy on the trained questions vs the other splits, per run
 train_loss_per_source.png           training loss (overall and per source) over steps, one line per run
+rubric_criteria.png                 judge suites with per-criterion scores: one group of bars per criterion (and
+                                    overall), one bar per model (Zhang & Chen's comparison across criteria)
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 
-from sftjax.report.collect import EVAL_ONLY, Collection, Run, ability_metrics, fmt_value, sort_value  # noqa: E402
+from sftjax.report.collect import (EVAL_ONLY, Collection, Run, ability_metrics, fmt_value,  # noqa: E402
+                                   rubric_suites, sort_value)
 
 DPI = 100
 MAX_PANELS = 9
@@ -492,8 +495,31 @@ def plot_train_loss(col: Collection, out: Path) -> Plot:
                 + ".")
 
 
-PLOTS = (plot_ability_vs_amount, plot_strategy_comparison, plot_strategy_loss, plot_dmt_k, plot_score_vs_epoch, plot_memorization,
-         plot_train_loss)
+def plot_rubric_criteria(col: Collection, out: Path) -> Plot:
+    name = "Rubric criteria per model"
+    suites = rubric_suites(col.runs)
+    if not suites:
+        return _not_drawn(name, "no judge suite with per-criterion scores")
+    fig, axes = _figure(len(suites), name, width=9.0, height=3.6)
+    for ax, (suite, criteria) in zip(axes, suites):
+        runs = [r for r in col.runs if suite in r.final_eval][:MAX_SETTINGS * 2]
+        width = 0.8 / max(len(runs), 1)
+        for i, r in enumerate(runs):
+            xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(criteria))]
+            ys = [_value(r, suite, f"criterion/{c}") for c in criteria]
+            ax.bar(xs, ys, width, label=r.label, hatch="//" if r.coords.get("strategy") == EVAL_ONLY else None)
+        ax.set_xticks(range(len(criteria)), criteria, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("normalized rating (0-1)")
+        ax.set_title(suite, fontsize=10)
+    return Plot(name, _save(fig, axes, out, "rubric_criteria.png"),
+                "Mean judge rating per criterion (normalized 0-1, over the questions each criterion applies to) and "
+                "the judge's overall rating, one bar per model; hatched bars are models evaluated with sftjax-eval "
+                "only.")
+
+
+PLOTS = (plot_ability_vs_amount, plot_strategy_comparison, plot_strategy_loss, plot_dmt_k, plot_score_vs_epoch,
+         plot_memorization, plot_train_loss, plot_rubric_criteria)
 
 
 def make_plots(col: Collection, out: Path) -> list[Plot]:

@@ -1,10 +1,59 @@
-"""metrics.jsonl + TensorBoard, written by process 0 only."""
+"""The metrics line (what one line of metrics.jsonl says about the steps since the previous one) and its writer
+(metrics.jsonl + TensorBoard, process 0 only)."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+
+
+def metrics_line(fetched: list[dict], *, step: int, stage: str, tokens: int, source_names: list[str],
+                 window_tokens: int, window_flops: float, elapsed_s: float, peak_flops: float,
+                 row_tokens: int) -> dict:
+    """One metrics line from the host copies of the train step's metrics since the previous line. loss and
+    loss/<source> are token-weighted means over those steps (so a line means the same whatever log_every is);
+    lr and grad_norm are the last step's; tokens/s and MFU are over ``elapsed_s``."""
+    n_tok = sum(float(m["loss_tokens"]) for m in fetched)
+    src_tok = sum(np.asarray(m["source_tokens"]) for m in fetched)
+    src_sum = sum(np.asarray(m["source_loss"]) * np.asarray(m["source_tokens"]) for m in fetched)
+    last = fetched[-1]
+    elapsed_s = max(elapsed_s, 1e-9)
+    return {
+        "step": step,
+        "stage": stage,
+        "loss": sum(float(f["loss"]) * float(f["loss_tokens"]) for f in fetched) / max(n_tok, 1.0),
+        **{f"loss/{name}": float(src_sum[i] / src_tok[i]) for i, name in enumerate(source_names) if src_tok[i] > 0},
+        "lr": float(last["lr"]),
+        "grad_norm": float(last["grad_norm"]),
+        "tokens": tokens,
+        "tokens_per_s": window_tokens / elapsed_s,
+        "mfu": window_flops / elapsed_s / peak_flops,
+        "fill": window_tokens / (len(fetched) * row_tokens),
+    }
+
+
+@dataclass
+class Window:
+    """The steps dispatched since the previous metrics line; their device metrics are fetched only when the line is
+    written, so logging never stalls the dispatch of the next step."""
+
+    pending: list = field(default_factory=list)  # (step, device metrics, cumulative tokens)
+    start: float = field(default_factory=time.perf_counter)
+    tokens: int = 0
+    flops: float = 0.0
+
+    def add(self, step: int, metrics: dict, cumulative_tokens: int, real_tokens: int, flops: float) -> None:
+        self.pending.append((step, metrics, cumulative_tokens))
+        self.tokens += real_tokens
+        self.flops += flops
+
+    def clear(self) -> None:
+        self.pending, self.start, self.tokens, self.flops = [], time.perf_counter(), 0, 0.0
 
 
 class MetricsWriter:

@@ -1,4 +1,4 @@
-"""Run-directory rules shared by the CLI (checked before Hydra writes .hydra/) and the loop.
+"""Run-directory and resume rules shared by the CLI (checked before Hydra writes .hydra/) and the loop.
 
 Kept free of jax imports so the CLI can call it before anything heavy is loaded.
 """
@@ -42,3 +42,35 @@ def truncate_metrics(run_dir: str | Path, last_step: int) -> tuple[list[dict], i
     if len(kept) != len(lines):
         path.write_text("".join(line + "\n" for line in kept))
     return [json.loads(line) for line in kept], len(lines) - len(kept)
+
+
+# Keys that may change between a run and its resumption (they do not change what is computed).
+RESUMABLE_CHANGES = ("run_dir", "train.max_steps", "train.log_every", "train.save_every", "train.keep_last",
+                     "train.keep_best", "train.best_metric", "train.best_mode", "train.async_checkpointing",
+                     "train.export_hf", "train.export_dtype", "train.peak_flops_per_device", "train.progress",
+                     "train.tensorboard", "mesh.", "model.attention", "model.attention_block", "model.remat",
+                     "model.init_from", "eval.", "sweep.")  # what is evaluated never changes what is trained
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumable(saved: dict, current: dict) -> list[str]:
+    """Refuse to resume under a config that computes something else; returns the tolerated differences."""
+    a, b = _flat(saved), _flat(current)
+    diffs = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    bad = [k for k in diffs if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)]
+    if bad:
+        raise ConfigError(
+            "config key 'run_dir': the run directory's checkpoint was made with a different config: "
+            + "; ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in bad)
+            + ". Use a new run_dir, or rerun with the original values."
+        )
+    return diffs
