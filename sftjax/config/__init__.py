@@ -22,6 +22,7 @@ from sftjax.config.data import (FORMATS, TEMPLATES, DataConfig, FilterConfig, Mi
 from sftjax.config.eval import SUITE_KINDS, EvalConfig, GenerateConfig, JudgeConfig, SuiteConfig
 from sftjax.config.model import (ARCHITECTURES, ATTENTION_IMPLS, DTYPES, EMBEDDED_MODELS, REMAT_POLICIES, ModelConfig,
                                  RopeScalingConfig, to_model_config)
+from sftjax.config.serve import ServeConfig
 from sftjax.config.train import MeshConfig, OptimConfig, SweepConfig, TrainConfig
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "OptimConfig", "MeshConfig", "TrainConfig", "SweepConfig",
     "FORMATS", "TEMPLATES", "FilterConfig", "SourceConfig", "MixConfig", "StageConfig", "StrategyConfig", "DataConfig",
     "SUITE_KINDS", "JudgeConfig", "SuiteConfig", "EvalConfig", "GenerateConfig",
+    "ServeConfig", "ServeAppConfig",
     "Config", "GenerateAppConfig", "EvalAppConfig", "FIXTURE_DIR", "register_configs", "job_dirname",
     "compose_config", "compose_dict", "split_config_dir", "to_config", "PRESET_GROUPS", "check_override_keys", "to_dict",
 ]
@@ -128,6 +130,23 @@ class EvalAppConfig:
         require(bool(self.eval.suites), "eval.suites", "at least one suite (e.g. eval=demo)", {})
         require(self.data.template in TEMPLATES, "data.template", f"one of {TEMPLATES}", self.data.template)
         require(self.data.seq_len >= 2, "data.seq_len", "an integer >= 2", self.data.seq_len)
+@dataclass
+class ServeAppConfig:
+    """The schema of sftjax-serve. The architecture comes from model.init_from; dtype, attention and the mesh apply
+    as in training."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def validate(self) -> None:
+        require(bool(self.model.init_from), "model.init_from", "hf:DIR, embedded:NAME or a run directory",
+                self.model.init_from)
+        self.model.validate()
+        self.mesh.validate()
+        self.serve.validate()
+
+
 FIXTURE_DIR = Path(__file__).parent.parent / "data" / "fixtures"
 
 
@@ -137,6 +156,7 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="sftjax_schema", node=Config)
     ConfigStore.instance().store(name="sftjax_generate_schema", node=GenerateAppConfig)
     ConfigStore.instance().store(name="sftjax_eval_schema", node=EvalAppConfig)
+    ConfigStore.instance().store(name="sftjax_serve_schema", node=ServeAppConfig)
     if not OmegaConf.has_resolver("fixture"):
         OmegaConf.register_new_resolver("fixture", lambda name: str(FIXTURE_DIR / name))
     if not OmegaConf.has_resolver("job_dirname"):

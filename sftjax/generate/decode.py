@@ -120,17 +120,9 @@ def generate_padded(params, ids, start, eos, limit, pad_id, temperature, top_p, 
     """Left-padded ids [b, P] -> (tokens [b, budget], lengths [b], steps taken). tokens[:, i] is the i-th new token,
     pad_id once a row has finished; lengths counts each row's tokens before its first EOS."""
     with activation_mesh(mesh):
-        # Once per call, before the loop: every float parameter in the compute dtype, so a decode step reads each
-        # weight once at its compute width (bf16 on accelerators: half the bytes of the float32 master copy).
-        dt = compute_dtype(static.cfg.dtype)
-        params = jax.tree.map(lambda p: p.astype(dt) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
-        model: Llama = nnx.merge(static.graphdef, params)
+        model = cast_model(params, static)
         b, width = ids.shape
-        slots = jnp.arange(width)
-        real = slots[None] >= start[:, None]
-        positions = jnp.where(real, slots - start[:, None], slots)  # padding counts on in its own segment 0
-        logits, cache = model.prefill(ids, real.astype(jnp.int32), positions, init_cache(model.cfg, b, width))
-        cache = _head_major(cache, budget, model.cfg.scan_layers)
+        logits, cache = prefill_cache(model, ids, start, budget)
 
         def pick(logits, i):
             if greedy:
@@ -157,13 +149,32 @@ def generate_padded(params, ids, start, eos, limit, pad_id, temperature, top_p, 
             i, tok, cache, out, lengths, done = state
             slot = width + i - 1  # where the previous token goes; it sits at position prompt_len + i - 1
             mask = (cache_slots[None] >= start[:, None]) & (cache_slots[None] <= slot)
-            logits, cache = _decode_step(model, tok, prompt_len + i - 1, cache, slot, mask)
+            logits, cache = decode_step(model, tok, prompt_len + i - 1, cache, slot, mask)
             tok = pick(logits, i)
             out, lengths, done = record(out, lengths, done, i, tok)
             return i + 1, tok, cache, out, lengths, done
 
         steps, _, _, out, lengths, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), tok, cache, out, lengths, done))
         return out, lengths, steps
+
+
+def cast_model(params, static: StaticGraph) -> Llama:
+    """The model with every float parameter in the compute dtype, cast once before a decode loop, so a step reads
+    each weight once at its compute width (bf16 on accelerators: half the bytes of the float32 master copy)."""
+    dt = compute_dtype(static.cfg.dtype)
+    params = jax.tree.map(lambda p: p.astype(dt) if jnp.issubdtype(p.dtype, jnp.floating) else p, params)
+    return nnx.merge(static.graphdef, params)
+
+
+def prefill_cache(model: Llama, ids, start, budget: int):
+    """Left-padded prompts [b, P] (row r's prompt from slot start[r]) -> (next-token logits [b, vocab], the
+    head-major cache of :func:`_head_major` with ``budget`` free slots after the prompt)."""
+    b, width = ids.shape
+    slots = jnp.arange(width)
+    real = slots[None] >= start[:, None]
+    positions = jnp.where(real, slots - start[:, None], slots)  # padding counts on in its own segment 0
+    logits, cache = model.prefill(ids, real.astype(jnp.int32), positions, init_cache(model.cfg, b, width))
+    return logits, _head_major(cache, budget, model.cfg.scan_layers)
 
 
 def _head_major(cache, budget: int, stacked: bool):
@@ -225,8 +236,9 @@ def _attend(q, k_cache, v_cache, layer, valid, slot):
     return acc / l[..., None]
 
 
-def _decode_step(model: Llama, tok, positions, cache, slot, mask):
-    """One new token per row: tok [b] at ``positions`` [b], written to cache slot ``slot``; ``mask`` [b, slots] holds
+def decode_step(model: Llama, tok, positions, cache, slot, mask):
+    """One new token per row: tok [b] at ``positions`` [b], written to cache slot ``slot`` (one slot for every row,
+    or [b]: each row its own, as the serving engine's rows of different ages need); ``mask`` [b, slots] holds
     the slots each row may see. Returns (next-token logits [b, vocab], cache). The same computation as
     a block's forward (its own projections, MLP and norms) on the head-major cache of :func:`_head_major`."""
     cfg = model.cfg
@@ -242,13 +254,21 @@ def _decode_step(model: Llama, tok, positions, cache, slot, mask):
         q, k, v = block.attn.project(block.input_norm(x), cos, sin, fused=False)  # q [b,1,heads,hd], k/v [b,1,kv,hd]
         k, v = jnp.swapaxes(k, 1, 2).astype(k_cache.dtype), jnp.swapaxes(v, 1, 2).astype(v_cache.dtype)
         at = (jnp.int32(0), jnp.int32(0), jnp.asarray(slot, jnp.int32), jnp.int32(0))
-        if layer is None:
+        if jnp.ndim(slot) == 1:  # every row writes its own slot
+            rows = jnp.arange(k.shape[0])
+            if layer is None:
+                k_cache = constrain(k_cache.at[rows, :, slot, :].set(k[:, :, 0]), _LAYER_CACHE_AXES)
+                v_cache = constrain(v_cache.at[rows, :, slot, :].set(v[:, :, 0]), _LAYER_CACHE_AXES)
+            else:
+                k_cache = k_cache.at[layer, rows, :, slot, :].set(k[:, :, 0])
+                v_cache = v_cache.at[layer, rows, :, slot, :].set(v[:, :, 0])
+        elif layer is None:
             k_cache = constrain(jax.lax.dynamic_update_slice(k_cache, k, at), _LAYER_CACHE_AXES)
             v_cache = constrain(jax.lax.dynamic_update_slice(v_cache, v, at), _LAYER_CACHE_AXES)
         else:
             k_cache = jax.lax.dynamic_update_slice(k_cache, k[None], (layer, *at))
             v_cache = jax.lax.dynamic_update_slice(v_cache, v[None], (layer, *at))
-        out = _attend(q, k_cache, v_cache, layer, valid, slot)
+        out = _attend(q, k_cache, v_cache, layer, valid, jnp.max(slot))
         b, _, h, d = q.shape
         x = x + block.attn.output(out.reshape(b, 1, h, d).astype(q.dtype))
         x = x + block.mlp(block.post_attn_norm(x), fused=False)

@@ -1,0 +1,1 @@
+"""sftjax-serve: the OpenAI-compatible HTTP API over the continuous-batching engine (sftjax.generate.engine)."""

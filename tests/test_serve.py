@@ -1,0 +1,218 @@
+"""sftjax-serve on loopback with a tiny HF model: the same tokens as sftjax.generate, the official openai client
+(plain and streaming), concurrent requests, every bad request a 4xx, SIGTERM drains, and the judge suite through it."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.hf_fixtures import make_hf_model
+from tests.test_cli import ROOT, train_env
+
+NAME = "tiny"
+
+
+def start_server(*args, port: int = 0):
+    proc = subprocess.Popen([sys.executable, "-m", "sftjax.cli.serve", f"serve.port={port}", *map(str, args)],
+                            cwd=ROOT, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "/v1, max_batch" in line:
+            url = line.split(" on ", 1)[1].split(",")[0]
+            threading.Thread(target=lambda: [lines.append(x) for x in proc.stderr], daemon=True).start()
+            return proc, url, lines
+    proc.kill()
+    raise AssertionError("server did not start:\n" + "".join(lines) + (proc.stderr.read() if proc.stderr else ""))
+
+
+def post(url: str, path: str, body, raw: bytes | None = None):
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(url.removesuffix("/v1") + path, data=data,
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("serve") / "hf"
+    make_hf_model(path, "llama_gqa")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(hf_dir):
+    proc, url, lines = start_server(f"model.init_from=hf:{hf_dir}", f"serve.model_name={NAME}", "serve.max_batch=4",
+                                    "serve.chunk=4")
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def reference(hf_dir):
+    """Greedy answers of sftjax.generate (what sftjax-generate runs) for the same prompts."""
+    import jax
+
+    from sftjax.ckpt.init_from import load_model
+    from sftjax.config import ModelConfig
+    from sftjax.data.templates import prompt_ids
+    from sftjax.generate import generate
+    from sftjax.parallel.mesh import make_mesh
+
+    m = load_model(f"hf:{hf_dir}", ModelConfig(), make_mesh((1, 1, 1), devices=jax.devices()[:1]),
+                   log=lambda _: None)
+    tok = m.tokenizer
+
+    def answer(max_tokens: int, prompt: str | None = None, messages: list | None = None) -> str:
+        ids = prompt_ids(tok, m.template, messages) if messages else list(tok(prompt)["input_ids"])
+        out = generate((m.graphdef, m.params), [ids], max_tokens, eos_ids=m.eos_ids, pad_id=tok.pad_token_id or 0)
+        return tok.decode(out[0], skip_special_tokens=True), len(out[0])
+
+    return answer
+
+
+def test_greedy_answers_equal_sftjax_generate(server, reference):
+    msgs = [{"role": "user", "content": "w3 w4 w9"}]
+    status, body = post(server, "/v1/chat/completions", {"model": NAME, "messages": msgs, "max_tokens": 24,
+                                                         "temperature": 0})
+    assert status == 200, body
+    text, n = reference(24, messages=msgs)
+    assert body["choices"][0]["message"]["content"] == text
+    assert body["usage"]["completion_tokens"] == n and body["object"] == "chat.completion"
+    status, body = post(server, "/v1/completions", {"model": NAME, "prompt": "w5 w9 w11", "max_tokens": 20,
+                                                    "temperature": 0})
+    assert status == 200 and body["choices"][0]["text"] == reference(20, prompt="w5 w9 w11")[0]
+
+
+def test_the_openai_client_works_plain_and_streaming(server, reference):
+    import openai
+
+    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list().data] == [NAME]
+    msgs = [{"role": "user", "content": "w7 w8"}]
+    want = reference(16, messages=msgs)[0]
+    out = client.chat.completions.create(model=NAME, messages=msgs, max_tokens=16, temperature=0)
+    assert out.choices[0].message.content == want and out.usage.prompt_tokens > 0
+    stream = client.chat.completions.create(model=NAME, messages=msgs, max_tokens=16, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        for c in chunk.choices:
+            pieces.append(c.delta.content or "")
+            finish = c.finish_reason or finish
+        usage = chunk.usage or usage
+    assert "".join(pieces) == want and finish in ("stop", "length") and usage.completion_tokens > 0
+    text = client.completions.create(model=NAME, prompt="w1 w2", max_tokens=8, temperature=0, n=2)
+    assert len(text.choices) == 2 and text.choices[0].text == text.choices[1].text  # greedy: n equal choices
+
+
+def test_stop_strings_end_the_answer_and_are_not_returned(server, reference):
+    prompts = [f"w{i} w{i + 3}" for i in range(1, 40)]
+    full, prompt = next((t, p) for t, p in ((reference(24, prompt=p)[0], p) for p in prompts) if len(t) >= 8)
+    stop = full[len(full) // 2: len(full) // 2 + 2]
+    status, body = post(server, "/v1/completions", {"model": NAME, "prompt": prompt, "max_tokens": 24,
+                                                    "temperature": 0, "stop": [stop]})
+    assert status == 200 and body["choices"][0]["text"] == full[: full.index(stop)]
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+def test_sixteen_concurrent_requests_equal_their_sequential_answers(server):
+    reqs = [{"model": NAME, "prompt": " ".join(f"w{j}" for j in range(i % 5, i % 5 + 2 + i % 7)),
+             "max_tokens": 4 + 3 * (i % 6), "temperature": 0} for i in range(16)]
+    sequential = [post(server, "/v1/completions", r)[1]["choices"][0]["text"] for r in reqs]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(lambda r: post(server, "/v1/completions", r), reqs))
+    assert all(status == 200 for status, _ in together)
+    assert [b["choices"][0]["text"] for _, b in together] == sequential
+    seeded = {"model": NAME, "prompt": "w1", "max_tokens": 12, "temperature": 1.0, "seed": 5}
+    alone = post(server, "/v1/completions", seeded)[1]["choices"][0]["text"]
+    with ThreadPoolExecutor(4) as pool:  # a seeded request draws the same tokens whatever shares its batch
+        crowd = list(pool.map(lambda r: post(server, "/v1/completions", r), [seeded] + reqs[:3]))
+    assert crowd[0][1]["choices"][0]["text"] == alone
+
+
+@pytest.mark.parametrize("path, body, raw, status, words", [
+    ("/v1/chat/completions", None, b"{not json", 400, "not valid JSON"),
+    ("/v1/chat/completions", {"model": "gpt-9", "messages": [{"role": "user", "content": "w1"}]}, None, 404,
+     "'gpt-9' does not exist"),
+    ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "user", "content": "w1"}], "logprobs": True},
+     None, 400, "unsupported field 'logprobs'"),
+    ("/v1/completions", {"model": NAME, "prompt": "w1", "max_tokens": 5000}, None, 400, "exceed the model's 2048"),
+    ("/v1/completions", {"model": NAME, "prompt": "w1", "temperature": "hot"}, None, 400, "'temperature' must be"),
+    ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "robot", "content": "w1"}]}, None, 400,
+     "messages[0]"),
+])
+def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(server, path, body, raw, status, words):
+    got, reply = post(server, path, body, raw)
+    assert got == status and words in reply["error"]["message"], reply
+    assert post(server, "/v1/completions", {"model": NAME, "prompt": "w1", "max_tokens": 2})[0] == 200
+
+
+def test_oversized_body_is_refused(server):
+    host, port = server.removeprefix("http://").removesuffix("/v1").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 5000000\r\n\r\n{")
+        reply = s.recv(65536).decode()
+    assert reply.startswith("HTTP/1.1 413") and "max_body_bytes" in reply
+    assert post(server, "/v1/completions", {"model": NAME, "prompt": "w1", "max_tokens": 2})[0] == 200
+
+
+def test_judge_suite_through_a_live_server(server):
+    """The judge client of sftjax-eval talks to sftjax-serve like to any endpoint; the tiny model cannot rate, so
+    every judgment is re-asked and then counted unparseable (never scored)."""
+    from sftjax.eval.judge import HttpJudge, rubric, score
+
+    judge = HttpJudge(server, NAME, api_key_env=None, max_tokens=8, retries=0)
+    out = score(rubric("mt_bench"), [{"id": 1, "turns": ["w1 w2"]}, {"id": 2, "turns": ["w3"]}], [["w4"], ["w5"]],
+                judge, max_attempts=2)
+    assert out["n"] == 2 and out["n_judged"] + out["n_unparseable"] == 2 and out["attempts"] >= 2
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(hf_dir):
+    proc, url, lines = start_server(f"model.init_from=hf:{hf_dir}", f"serve.model_name={NAME}", "serve.chunk=2")
+    result = {}
+
+    def long_request():
+        result["reply"] = post(url, "/v1/completions", {"model": NAME, "prompt": "w1", "max_tokens": 200,
+                                                       "temperature": 1.0, "seed": 1})
+
+    t = threading.Thread(target=long_request)
+    t.start()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    t.join(timeout=120)
+    assert proc.wait(timeout=120) == 0, "".join(lines)
+    status, body = result["reply"]
+    assert status == 200 and body["usage"]["completion_tokens"] > 0
+
+
+def test_bad_start_exits_2(hf_dir, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "sftjax.cli.serve", f"model.init_from=hf:{hf_dir}",
+                            f"serve.port={port}"], cwd=ROOT, env=train_env(), capture_output=True, text=True,
+                           timeout=120)
+    assert r.returncode == 2 and "serve.port" in r.stderr and str(port) in r.stderr
+    r = subprocess.run([sys.executable, "-m", "sftjax.cli.serve", f"model.init_from={tmp_path / 'nope'}"],
+                       cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "model.init_from" in r.stderr
