@@ -27,6 +27,7 @@ WORDS = ("the model data train token loss mask stage source weight amount mixtur
 
 def write_chat(path: Path, n: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
+    kept = []
     with open(path, "w") as f:
         for i in range(n):
             words = int(np.clip(rng.lognormal(np.log(260), 0.9), 8, 3000))
@@ -34,9 +35,9 @@ def write_chat(path: Path, n: int, seed: int) -> None:
             text = list(rng.choice(WORDS, words))
             if i % 10 == 3:
                 text[prompt // 2] = f"write to user{i}@example.com or call +1 212-555-01{i % 100:02d}"
-            if i % 20 == 19:
-                rng_copy = np.random.default_rng(i - 7)  # a copy of an earlier record's words
-                text = list(rng_copy.choice(WORDS, words))
+            if i % 20 == 19:  # a copy of an earlier record
+                text, prompt = kept[i - 7]
+            kept.append((text, prompt))
             f.write(json.dumps({"id": i, "messages": [
                 {"role": "user", "content": " ".join(text[:prompt])},
                 {"role": "assistant", "content": " ".join(text[prompt:])}]}) + "\n")
