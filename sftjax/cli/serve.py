@@ -17,6 +17,7 @@ import socket
 import sys
 
 import hydra
+import uvicorn
 from omegaconf import DictConfig
 
 from sftjax.cli import config_errors
@@ -54,7 +55,7 @@ def build(app: ServeAppConfig, log=print):
     tok = m.tokenizer
     s = app.serve
     positions = m.cfg.max_position_embeddings
-    max_len = min(s.max_len or positions, positions) + s.chunk + 16  # room for one chunk past the budget
+    max_len = min(s.max_len or positions, positions)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     engine = Engine(m.graphdef, m.params, m.cfg, max_batch=s.max_batch, max_len=max_len, chunk=s.chunk,
                     pad_id=pad, log=log)
@@ -62,38 +63,30 @@ def build(app: ServeAppConfig, log=print):
     return Served(engine, tok, m.template, frozenset(m.eos_ids), s.model_name or app.model.init_from, positions, s)
 
 
-def _draining_server_class():
-    import uvicorn
+class DrainingServer(uvicorn.Server):
+    """uvicorn's graceful shutdown on SIGTERM/SIGINT (stop accepting, finish in-flight requests), without re-raising
+    the signal afterwards: a drained server exits 0, as process managers expect."""
 
-    class DrainingServer(uvicorn.Server):
-        """uvicorn's graceful shutdown on SIGTERM/SIGINT (stop accepting, finish in-flight requests), without
-        re-raising the signal afterwards: a drained server exits 0, as process managers expect."""
-
-        @contextlib.contextmanager
-        def capture_signals(self):
-            previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for s, handler in previous.items():
-                    signal.signal(s, handler)
-
-    return DrainingServer
+    @contextlib.contextmanager
+    def capture_signals(self):
+        previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def serve(app: ServeAppConfig, log=print) -> None:
-    import uvicorn
-
     from sftjax.serve.app import create_app
 
-    _DrainingServer = _draining_server_class()
     sock = claim_port(app.serve.host, app.serve.port)
     served = build(app, log)
     host, port = sock.getsockname()[:2]
     log(f"sftjax-serve: {served.name} (template {served.template}) on http://{host}:{port}/v1, "
-        f"max_batch {app.serve.max_batch}, {served.engine.max_len} cache slots per request")
+        f"max_batch {app.serve.max_batch}, {served.engine.max_len} tokens per request")
     config = uvicorn.Config(create_app(served), log_level="warning", timeout_graceful_shutdown=None)
-    server = _DrainingServer(config)
+    server = DrainingServer(config)
     try:
         server.run(sockets=[sock])  # SIGTERM/SIGINT: stop accepting, finish in-flight requests, return
     finally:

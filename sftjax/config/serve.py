@@ -15,7 +15,7 @@ class ServeConfig:
     port: int = 8000
     model_name: str = ""  # the id clients send as "model"; "" = model.init_from
     max_batch: int = 8  # rows decoded together
-    max_len: int = 0  # cache slots per request (prompt + answer); 0 = the model's max positions
+    max_len: int = 0  # tokens per request (prompt + answer); 0 = the model's max positions
     chunk: int = 8  # decode steps per device call; a finished row frees its slot at the next chunk boundary
     default_max_tokens: int = 256  # when a request gives no max_tokens
     max_body_bytes: int = 1_048_576  # larger request bodies are refused (413)

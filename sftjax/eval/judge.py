@@ -339,15 +339,13 @@ def load_questions(path: str | Path, rubric: Rubric | None = None) -> list[dict[
     read leniently: ``{"id"?, "category"?, "turns", "reference"?, "weights"?}`` (a missing id becomes
     ``file:line``). With ``rubric``, weight names are checked against its criteria here rather than when scoring.
     """
-    from sftjax.eval.judge_rubrics import PRESETS as _rubrics
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: question file not found")
     questions = []
     ids: dict[Any, int] = {}
     strict = False
-    criteria = (rubric if rubric is not None and len(rubric.criteria) > 1 else _rubrics["eight_category"]).weighted
+    criteria = (rubric if rubric is not None and len(rubric.criteria) > 1 else PRESETS["eight_category"]).weighted
     for lineno, rec in read_jsonl(path):
         where = f"{path}:{lineno}"
         if not questions and not ids and "format" in rec:

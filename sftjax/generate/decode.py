@@ -81,18 +81,21 @@ def _check(prompts, max_new_tokens, temperature, top_k, top_p, vocab_size):
         raise ValueError(f"expected temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}")
 
 
+def padded_width(n: int, block: int, multiple: int) -> int:
+    """The prompt bucket of an ``n``-token prompt: a multiple of ``multiple`` and, above one attention block, a
+    multiple of the block too (the blockwise kernel's requirement)."""
+    if n > block:
+        step = math.lcm(block, multiple)
+        return -(-n // step) * step
+    width = -(-n // multiple) * multiple
+    return min(width, block) if block % multiple == 0 else width
+
+
 def left_pad(prompts, pad_id: int, block: int, multiple: int):
     """ids [b, P] with each prompt flush right, and start [b], the slot of each prompt's first token. P is a multiple
     of ``multiple`` (the bucket, and what the attention kernel needs) and, above one attention block, a multiple of it
     too (the blockwise kernel's requirement)."""
-    n = max(len(p) for p in prompts)
-    if n > block:
-        step = math.lcm(block, multiple)
-        width = -(-n // step) * step
-    else:
-        width = -(-n // multiple) * multiple
-        if block % multiple == 0:
-            width = min(width, block)
+    width = padded_width(max(len(p) for p in prompts), block, multiple)
     ids = np.full((len(prompts), width), pad_id, np.int32)
     start = np.asarray([width - len(p) for p in prompts], np.int32)
     for row, (p, s) in enumerate(zip(prompts, start)):

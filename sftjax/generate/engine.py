@@ -1,6 +1,6 @@
 """Continuous batching for serving: requests join and leave a fixed set of decode slots between short decode chunks.
 
-The engine keeps one head-major KV cache of ``max_batch`` rows x ``max_len`` slots on device (the layout of
+The engine keeps one head-major KV cache of ``max_batch`` rows on device (the layout of
 :mod:`sftjax.generate.decode`). A new request is prefilled alone (its prompt left-padded to a shape bucket, as in
 ``generate``) and its keys and values are copied into a free row; every row then keeps its own write slot and
 position, so rows of different ages decode together. Decoding runs ``chunk`` steps per device call; between calls the
@@ -26,7 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sftjax.generate.decode import DECODE_CHUNK, StaticGraph, cast_model, decode_step, left_pad, prefill_cache
+from sftjax.generate.decode import (DECODE_CHUNK, StaticGraph, cast_model, decode_step, left_pad, padded_width,
+                                    prefill_cache)
+from sftjax.generate.sampling import sample_rows
 from sftjax.model.attention import resolve as resolve_attention, sequence_multiple
 from sftjax.model.llama import compute_dtype
 from sftjax.parallel.rules import activation_mesh
@@ -61,31 +63,6 @@ class _Row:
     request: Request
     tokens: list[int] = field(default_factory=list)
     cancelled: bool = False
-
-
-def sample_rows(logits, seeds, steps, temperature, top_k, top_p):
-    """[b, vocab] -> [b] int32 with each row's own sampling parameters; temperature 0 is the argmax. The key of row r
-    is fold_in(key(seeds[r]), steps[r]): a request's draws do not depend on its neighbours."""
-    logits = logits.astype(jnp.float32)
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-    def sampled(_):
-        scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
-        ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
-        vocab = scaled.shape[-1]
-        kth = jnp.take_along_axis(ordered, jnp.clip(top_k - 1, 0, vocab - 1)[:, None], axis=-1)
-        scaled = jnp.where((top_k[:, None] <= 0) | (scaled >= kth), scaled, -jnp.inf)
-        ordered = jnp.where((top_k[:, None] <= 0) | (ordered >= kth), ordered, -jnp.inf)
-        probs = jax.nn.softmax(ordered, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        kept = jnp.sum(mass_before < top_p[:, None], axis=-1, keepdims=True)
-        cutoff = jnp.take_along_axis(ordered, kept - 1, axis=-1)
-        scaled = jnp.where(scaled >= cutoff, scaled, -jnp.inf)
-        keys = jax.vmap(lambda s, i: jax.random.fold_in(jax.random.key(s), i))(seeds, steps)
-        drawn = jax.vmap(lambda k, lg: jax.random.categorical(k, lg))(keys, scaled).astype(jnp.int32)
-        return jnp.where(temperature > 0, drawn, greedy)
-
-    return jax.lax.cond(jnp.any(temperature > 0), sampled, lambda _: greedy, None)
 
 
 @functools.partial(jax.jit, static_argnames=("static",))
@@ -134,19 +111,20 @@ def _decode_chunk(params, cache, tok, nxt, start, active, seeds, count, temperat
 
 
 class Engine:
-    """The decode slots and the thread that runs them. ``max_len``: cache slots per row (prompt + answer + one
-    chunk), rounded up to a multiple of the decode chunk."""
+    """The decode slots and the thread that runs them. ``max_len``: tokens per request (prompt + answer); each
+    row has room for the longest prompt bucket of that size plus one chunk decoded past a finished row's end."""
 
     def __init__(self, graphdef, params, cfg, *, max_batch: int = 8, max_len: int = 2048, chunk: int = 8,
                  pad_id: int = 0, log=print):
         self.graphdef, self.params, self.cfg, self.log = graphdef, params, cfg, log
         self.static = StaticGraph(graphdef, cfg)
-        self.max_batch, self.chunk, self.pad_id = max_batch, chunk, pad_id
-        self.max_len = max_len if max_len <= DECODE_CHUNK else -(-max_len // DECODE_CHUNK) * DECODE_CHUNK
+        self.max_batch, self.chunk, self.pad_id, self.max_len = max_batch, chunk, pad_id, max_len
         impl = resolve_attention(cfg.attention, head_dim=cfg.resolved_head_dim, seq_len=128)
         self.multiple = max(PROMPT_MULTIPLE, sequence_multiple(impl))
+        slots = padded_width(max_len, cfg.attention_block, self.multiple) + chunk
+        self.slots = slots if slots <= DECODE_CHUNK else -(-slots // DECODE_CHUNK) * DECODE_CHUNK
         dt = compute_dtype(cfg.dtype)
-        shape = (max_batch, cfg.num_kv_heads, self.max_len, cfg.resolved_head_dim)
+        shape = (max_batch, cfg.num_kv_heads, self.slots, cfg.resolved_head_dim)
         if cfg.scan_layers:
             zeros = jnp.zeros((cfg.num_layers, *shape), dt)
             self.cache = (zeros, zeros)
@@ -166,16 +144,18 @@ class Engine:
 
     # -- the public side --------------------------------------------------------------------------------------------
 
-    def prompt_room(self, max_tokens: int) -> int:
-        """The longest prompt (tokens) that fits a row with ``max_tokens`` to generate."""
-        return self.max_len - max_tokens - self.chunk - self.multiple
+    def fits(self, prompt_tokens: int, max_tokens: int) -> bool:
+        """Whether a request fits a row: its prompt bucket, its answer and one chunk past the answer's end."""
+        return (prompt_tokens + max_tokens <= self.max_len and
+                padded_width(prompt_tokens, self.cfg.attention_block, self.multiple) + max_tokens + self.chunk
+                <= self.slots)
 
     def submit(self, request: Request) -> _Row:
         if not request.prompt:
             raise ValueError("empty prompt")
-        if len(request.prompt) > self.prompt_room(request.max_tokens):
+        if not self.fits(len(request.prompt), request.max_tokens):
             raise ValueError(f"{len(request.prompt)} prompt tokens + max_tokens {request.max_tokens} do not fit the "
-                             f"server's {self.max_len} cache slots per request")
+                             f"server's {self.max_len} tokens per request")
         row = _Row(request)
         self.waiting.put(row)
         self.wake.set()

@@ -131,9 +131,9 @@ def parse(served: Served, body: Any, chat: bool) -> Job:
     if len(prompt) + max_tokens > served.max_positions:
         raise ApiError(400, f"'{key}' is too large: {len(prompt)} prompt tokens + {max_tokens} exceed the model's "
                        f"{served.max_positions} positions", key, code="context_length_exceeded")
-    if len(prompt) > served.engine.prompt_room(max_tokens):
+    if not served.engine.fits(len(prompt), max_tokens):
         raise ApiError(400, f"{len(prompt)} prompt tokens + {key}={max_tokens} exceed the server's "
-                       f"{served.engine.max_len} cache slots per request (serve.max_len)", key,
+                       f"{served.engine.max_len} tokens per request (serve.max_len)", key,
                        code="context_length_exceeded")
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop

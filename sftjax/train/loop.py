@@ -117,7 +117,7 @@ def train(cfg: Config, log=print) -> dict:
         state, lines = run_stages(run, data, compiled, ts, tokenizer)
     finally:
         run.ckpt.close()  # waits for async saves: a checkpoint that was started is finished before exit
-    return finish(run, data, state, lines, compile_s, n_params=sum(x.size for x in jax.tree.leaves(state["params"])))
+    return finish(run, data, state, lines, compile_s)
 
 
 def start_run(cfg: Config, log) -> Run:
@@ -322,7 +322,7 @@ def check_finite(loss: float, step: int, ckpt: Checkpointer, run_dir: Path) -> N
             + (f"step {good[-1]} in {ckpt.root}" if good else f"none (no checkpoint was saved in {run_dir})"))
 
 
-def finish(run: Run, data: DataPipeline, state: dict, lines: Lines, compile_s: float, n_params: int) -> dict:
+def finish(run: Run, data: DataPipeline, state: dict, lines: Lines, compile_s: float) -> dict:
     """The optional HF export, data_stats.json, and the run's summary."""
     cfg = run.cfg
     if cfg.train.export_hf:
@@ -338,7 +338,7 @@ def finish(run: Run, data: DataPipeline, state: dict, lines: Lines, compile_s: f
         "last_log": lines.last,
         "tokens": lines.tokens,
         "compile_s": compile_s,
-        "params": n_params,
+        "params": sum(x.size for x in jax.tree.leaves(state["params"])),
         "matmul_params": matmul_params(cfg.model),
         "data": data.stats(),
     }
