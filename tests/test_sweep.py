@@ -140,3 +140,18 @@ def test_job_dirname_drops_eval_keys_and_stays_short():
     a, b = job_dirname(long), job_dirname(long + ",x=1")
     assert len(a) <= 160 and a != b and "/" not in a  # distinct jobs keep distinct directories
     assert job_dirname("") == "default"
+
+
+def test_job_dirname_names_paths_by_hash():
+    """A data path shared by every job must not bury the swept keys (the FineTuneBench study's directories were
+    'data.sources.facts.format=qa,data.sources.facts.path=runs_study_..._train.jsonl,experimen-94fc16303a')."""
+    from sftjax.config import job_dirname
+
+    path = "data.sources.facts.path=runs/study/data/knowledge_${data.sources.facts.format}_train.jsonl"
+    qa = job_dirname(f"data.sources.facts.format=qa,{path},experiment=finetunebench,optim.lr=1e-05")
+    masking = job_dirname(f"data.sources.facts.format=masking,{path},experiment=finetunebench,optim.lr=1e-05")
+    assert qa.startswith("data.sources.facts.format=qa,experiment=finetunebench,optim.lr=1e-05-")
+    assert "knowledge" not in qa and qa != masking
+    other = job_dirname(f"data.sources.facts.format=qa,{path.replace('study', 'other')},experiment=finetunebench,"
+                        "optim.lr=1e-05")
+    assert other != qa  # jobs that differ only by a path still get their own directories
