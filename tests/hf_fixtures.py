@@ -36,6 +36,24 @@ def tiny_tokenizer(vocab_size: int = 512):
     return fast
 
 
+def smollm2_tokenizer():
+    """The real SmolLM2 tokenizer: a converted directory when one exists, else straight from the bundled GGUF; skips
+    the test when neither is there."""
+    import pytest
+    from transformers import AutoTokenizer
+
+    from sftjax.ckpt.gguf import EMBEDDED_SUBDIR, default_cache_dir, smollm2_gguf_path
+
+    for d in (Path("/tmp/sfc") / EMBEDDED_SUBDIR, default_cache_dir() / EMBEDDED_SUBDIR):
+        if (d / "tokenizer.json").is_file():
+            return AutoTokenizer.from_pretrained(d)
+    try:
+        gguf = smollm2_gguf_path()
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        pytest.skip(str(e))
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 def make_hf_model(path: Path, variant: str, seed: int = 0, with_tokenizer: bool = True):
     """Save a random model of ``variant`` (weights large enough that logits are not flat) and return it."""
     import torch

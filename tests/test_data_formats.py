@@ -8,7 +8,7 @@ import pytest
 from sftjax.config import ConfigError
 from sftjax.data.formats import FORMATS, Conversation, Text, Turn, to_example
 from sftjax.data.templates import TEMPLATES, VICUNA_SYSTEM, render
-from tests.hf_fixtures import tiny_tokenizer
+from tests.hf_fixtures import smollm2_tokenizer, tiny_tokenizer
 
 SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 
@@ -52,19 +52,7 @@ def spm_tok():
 
 @pytest.fixture(scope="module")
 def smollm2():
-    """The real SmolLM2 tokenizer: a converted directory when one exists, else straight from the bundled GGUF."""
-    from transformers import AutoTokenizer
-
-    from sftjax.ckpt.gguf import EMBEDDED_SUBDIR, default_cache_dir, smollm2_gguf_path
-
-    for d in (Path("/tmp/sfc") / EMBEDDED_SUBDIR, default_cache_dir() / EMBEDDED_SUBDIR):
-        if (d / "tokenizer.json").is_file():
-            return AutoTokenizer.from_pretrained(d)
-    try:
-        gguf = smollm2_gguf_path()
-    except (ModuleNotFoundError, FileNotFoundError) as e:
-        pytest.skip(str(e))
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return smollm2_tokenizer()
 
 
 def conv(*contents, system=None, no_system=False):

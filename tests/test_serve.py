@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.hf_fixtures import make_hf_model
+from tests.hf_fixtures import make_hf_model, smollm2_tokenizer, tiny_tokenizer
 from tests.test_cli import ROOT, train_env
 
 NAME = "tiny"
@@ -123,6 +123,22 @@ def test_the_openai_client_works_plain_and_streaming(server, reference):
     assert len(text.choices) == 2 and text.choices[0].text == text.choices[1].text  # greedy: n equal choices
 
 
+def test_long_prompts_and_long_answers_cross_buckets_and_windows(server, reference):
+    """A prompt above one attention block (256 tokens: the blockwise prefill's multi-block bucket) and answers that
+    outgrow the engine's smallest decode windows (128, 256 slots) still equal sftjax.generate, decoded side by side."""
+    long_prompt = " ".join(f"w{3 + (i * 7) % 400}" for i in range(300))
+    cases = [(long_prompt, 40), ("w5 w6", 200), ("w8 w9 w10", 12)]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        got = list(pool.map(lambda c: post(server, "/v1/completions", {"model": NAME, "prompt": c[0], "max_tokens": c[1],
+                                                                        "temperature": 0}), cases))
+    for (prompt, n), (status, body) in zip(cases, got):
+        assert status == 200, body
+        text, length = reference(n, prompt=prompt)
+        assert body["choices"][0]["text"] == text
+        assert body["usage"]["completion_tokens"] == length == n  # no early EOS: every window is crossed
+    assert got[0][1]["usage"]["prompt_tokens"] == 300
+
+
 def test_stop_strings_end_the_answer_and_are_not_returned(server, reference):
     prompts = [f"w{i} w{i + 3}" for i in range(1, 40)]
     full, prompt = next((t, p) for t, p in ((reference(24, prompt=p)[0], p) for p in prompts) if len(t) >= 8)
@@ -219,3 +235,83 @@ def test_bad_start_exits_2(hf_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "sftjax.cli.serve", f"model.init_from={tmp_path / 'nope'}"],
                        cwd=ROOT, env=train_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "model.init_from" in r.stderr
+
+
+@pytest.mark.parametrize("which", ["smollm2", "word_level"])
+def test_incremental_decoding_equals_a_whole_decode(which):
+    """Choice decodes only the newest tokens (with one step of context); released text must equal decoding the whole
+    answer, for multi-byte characters split across byte-level tokens too, and a stop string spanning chunks must cut
+    at its first character."""
+    from sftjax.config.serve import ServeConfig
+    from sftjax.generate.engine import Result
+    from sftjax.serve.app import Choice, Job, Served
+
+    tok = smollm2_tokenizer() if which == "smollm2" else tiny_tokenizer()
+    text = ("Größe: 3 × 4 = 12 ✓ — naïve café 🚀🚀 done.\n  indented line\tand tabs" if which == "smollm2" else
+            "w3 w4 w5 w6 w7 w8 w9 w10 w11")
+    ids = list(tok(text, add_special_tokens=False)["input_ids"])
+    whole = tok.decode(ids, skip_special_tokens=True)
+    served = Served(None, tok, "", frozenset(), "m", 2048, ServeConfig())
+
+    def job(stop):
+        return Job(prompt=[1], max_tokens=len(ids), temperature=0, top_p=1, top_k=0, seed=0, stop=stop, n=1,
+                   stream=True, include_usage=False)
+
+    for step in (1, 2, 3, 5):
+        c = Choice(served, job([]), 0)
+        released = "".join(c.add(ids[i:i + step]) for i in range(0, len(ids), step))
+        released += c.close(Result(list(ids), "length"))
+        assert released == whole == c.text, step
+        assert "\ufffd" not in released
+
+    stop = "café" if which == "smollm2" else "w7 w8"
+    for step in (1, 2, 4):
+        c = Choice(served, job([stop, "never"]), 0)
+        released = ""
+        for i in range(0, len(ids), step):
+            released += c.add(ids[i:i + step])
+            if c.finish:
+                break
+        released += c.close(Result(list(ids), "stop"))
+        assert released == whole[: whole.index(stop)] and c.finish == "stop", step
+
+
+def test_a_row_freed_by_a_long_request_serves_the_next_one_like_generate(hf_dir):
+    """Engine level, no HTTP: once a long request leaves a row, that row holds state beyond the next short request's
+    decode window. It must neither compute NaN there (0/0 over an empty mask) nor let it leak into the next request
+    (found by the stop-string test: every token after the first came out as id 0)."""
+    import jax
+
+    from sftjax.ckpt.init_from import load_model
+    from sftjax.config import ModelConfig
+    from sftjax.generate import generate
+    from sftjax.generate.engine import Engine, Request
+    from sftjax.parallel.mesh import make_mesh
+
+    m = load_model(f"hf:{hf_dir}", ModelConfig(), make_mesh((1, 1, 1), devices=jax.devices()[:1]), log=lambda _: None)
+    engine = Engine(m.graphdef, m.params, m.cfg, max_batch=2, max_len=1024, chunk=4, pad_id=2)
+    engine.warmup(16)
+    engine.start()
+
+    def run(prompts):
+        done = []
+        for ids, n in prompts:
+            box = {"event": threading.Event()}
+            engine.submit(Request(ids, n, lambda kind, p, box=box: (box.update(r=p), box["event"].set())
+                                  if kind == "done" else None, stop_ids=frozenset(m.eos_ids)))
+            done.append(box)
+        for box in done:
+            assert box["event"].wait(120)
+        return [box["r"].tokens for box in done]
+
+    def reference(ids, n):
+        return generate((m.graphdef, m.params), [ids], n, eos_ids=m.eos_ids, pad_id=2)[0]
+
+    try:
+        long = [3 + (i * 7) % 400 for i in range(300)]
+        first = run([(long, 20), ([7, 8], 150)])  # a 512-slot prompt bucket and a 256-slot window
+        assert first == [reference(long, 20), reference([7, 8], 150)]
+        for ids in ([9, 12], [15, 4, 6]):
+            assert run([(ids, 24)]) == [reference(ids, 24)]
+    finally:
+        engine.stop()

@@ -59,6 +59,8 @@ def build(app: ServeAppConfig, log=print):
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     engine = Engine(m.graphdef, m.params, m.cfg, max_batch=s.max_batch, max_len=max_len, chunk=s.chunk,
                     pad_id=pad, log=log)
+    if s.warmup_tokens:
+        engine.warmup(min(s.warmup_tokens, max_len), log=log)
     engine.start()
     return Served(engine, tok, m.template, frozenset(m.eos_ids), s.model_name or app.model.init_from, positions, s)
 

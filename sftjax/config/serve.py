@@ -17,6 +17,7 @@ class ServeConfig:
     max_batch: int = 8  # rows decoded together
     max_len: int = 0  # tokens per request (prompt + answer); 0 = the model's max positions
     chunk: int = 8  # decode steps per device call; a finished row frees its slot at the next chunk boundary
+    warmup_tokens: int = 256  # compile the prompt buckets up to this length (and their decode windows) at start; 0 = off
     default_max_tokens: int = 256  # when a request gives no max_tokens
     max_body_bytes: int = 1_048_576  # larger request bodies are refused (413)
     max_n: int = 16  # choices per request
@@ -27,6 +28,8 @@ class ServeConfig:
         require(self.max_batch >= 1, "serve.max_batch", "a positive integer", self.max_batch)
         require(self.max_len >= 0, "serve.max_len", "an integer >= 0 (0: the model's positions)", self.max_len)
         require(self.chunk >= 1, "serve.chunk", "a positive integer", self.chunk)
+        require(self.warmup_tokens >= 0, "serve.warmup_tokens", "an integer >= 0 (0: compile on first use)",
+                self.warmup_tokens)
         require(self.default_max_tokens >= 1, "serve.default_max_tokens", "a positive integer",
                 self.default_max_tokens)
         require(self.max_body_bytes >= 1024, "serve.max_body_bytes", "an integer >= 1024", self.max_body_bytes)

@@ -236,7 +236,7 @@ def _attend(q, k_cache, v_cache, layer, valid, slot):
         else:
             carry = jax.lax.cond(c * size <= slot, lambda cr, st=c * size: chunk(cr, st), lambda cr: cr, carry)
     m, l, acc = carry
-    return acc / l[..., None]
+    return acc / jnp.where(l > 0, l, 1.0)[..., None]  # a row that sees no slot gets zeros, not 0/0
 
 
 def decode_step(model: Llama, tok, positions, cache, slot, mask):

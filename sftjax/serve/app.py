@@ -155,11 +155,18 @@ def parse(served: Served, body: Any, chat: bool) -> Job:
 
 class Choice:
     """One choice's text as it grows: decoded from its tokens, cut at the first stop string, with the part that could
-    still turn into a stop string (or an incomplete UTF-8 character) held back while streaming."""
+    still turn into a stop string held back while streaming.
+
+    Decoding is incremental (written here: tokenizers has no streaming decoder that works across tokenizer kinds):
+    each step decodes only the tokens since the last released boundary, with the previous step's tokens as context so
+    that merges and leading spaces come out as in a whole decode, and takes the part past that context's own text.
+    Text ending in U+FFFD (half of a multi-byte character) waits for the next tokens. Cost per step is bounded by a
+    few tokens, not by the answer so far (re-decoding the whole answer every chunk was quadratic)."""
 
     def __init__(self, served: Served, job: Job, index: int):
         self.served, self.job, self.index = served, job, index
         self.tokens: list[int] = []
+        self.prefix_at = self.read_at = 0  # tokens[prefix_at:read_at] is the context of the next decode
         self.sent = 0
         self.text = ""
         self.finish: str | None = None
@@ -168,21 +175,33 @@ class Choice:
     def add(self, tokens: list[int]) -> str:
         """New tokens -> the text that can be released now."""
         self.tokens += tokens
-        full = self.served.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        cut = min((i for i in (full.find(s) for s in self.job.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            self.text, self.finish = full[:cut], "stop"
+        if self._catch_up(final=False):
             return self._release(len(self.text))
-        self.text = full
-        end = len(full) - self.holdback
-        if full.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-            end = min(end, len(full) - 1)
-        return self._release(max(end, self.sent))
+        return self._release(max(len(self.text) - self.holdback, self.sent))
 
     def close(self, result: Result) -> str:
         if self.finish is None:
+            self._catch_up(final=True)
+        if self.finish is None:
             self.finish = "length" if result.finish_reason == "length" else "stop"
         return self._release(len(self.text))
+
+    def _catch_up(self, final: bool) -> bool:
+        """Append the text of the tokens not yet decoded; True when a stop string ended the choice."""
+        decode = self.served.tokenizer.decode
+        context = decode(self.tokens[self.prefix_at:self.read_at], skip_special_tokens=True)
+        fresh = decode(self.tokens[self.prefix_at:], skip_special_tokens=True)
+        if len(fresh) <= len(context) or (fresh.endswith("\ufffd") and not final):
+            return False
+        before = len(self.text)
+        self.text += fresh[len(context):]
+        self.prefix_at, self.read_at = self.read_at, len(self.tokens)
+        lo = max(0, before - self.holdback)  # a stop string can start this far back in the text already searched
+        cut = min((i for i in (self.text.find(s, lo) for s in self.job.stop) if i >= 0), default=-1)
+        if cut < 0:
+            return False
+        self.text, self.finish = self.text[:cut], "stop"
+        return True
 
     def _release(self, end: int) -> str:
         out = self.text[self.sent:end]
@@ -270,35 +289,36 @@ def create_app(served: Served):
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON: {e}") from None
 
-    def respond(job: Job, chat: bool):
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        kind = "chat.completion" if chat else "text_completion"
-        created = int(time.time())
-        if not job.stream:
-            async def complete():
-                done: list[Choice] = [None] * job.n  # type: ignore[list-item]
-                async for i, _, c in run_job(served, job):
-                    if c is not None:
-                        done[i] = c
-                choices = [({"index": c.index, "message": {"role": "assistant", "content": c.text},
-                             "finish_reason": c.finish, "logprobs": None} if chat else
-                            {"index": c.index, "text": c.text, "finish_reason": c.finish, "logprobs": None})
-                           for c in done]
-                return JSONResponse({"id": rid, "object": kind, "created": created, "model": served.name,
-                                     "choices": choices, "usage": _usage(job, done)})
+    def ids(chat: bool) -> tuple[str, str, int]:
+        return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24], \
+            "chat.completion" if chat else "text_completion", int(time.time())
 
-            return complete()
+    async def complete(job: Job, chat: bool) -> JSONResponse:
+        """The whole answer in one JSON body, once every choice has finished."""
+        rid, kind, created = ids(chat)
+        done: list[Choice] = [None] * job.n  # type: ignore[list-item]
+        async for i, _, c in run_job(served, job):
+            if c is not None:
+                done[i] = c
+        choices = [({"index": c.index, "message": {"role": "assistant", "content": c.text},
+                     "finish_reason": c.finish, "logprobs": None} if chat else
+                    {"index": c.index, "text": c.text, "finish_reason": c.finish, "logprobs": None})
+                   for c in done]
+        return JSONResponse({"id": rid, "object": kind, "created": created, "model": served.name,
+                             "choices": choices, "usage": _usage(job, done)})
+
+    def stream(job: Job, chat: bool) -> StreamingResponse:
+        """Server-sent events: a frame per released piece of text, one per finished choice, usage on request."""
+        rid, _, created = ids(chat)
+        chunk_kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def frame(choices, usage=None):
+            body = {"id": rid, "object": chunk_kind, "created": created, "model": served.name, "choices": choices}
+            if usage is not None:
+                body["usage"] = usage
+            return f"data: {json.dumps(body)}\n\n"
 
         async def events():
-            chunk_kind = "chat.completion.chunk" if chat else "text_completion"
-
-            def frame(choices, usage=None):
-                body = {"id": rid, "object": chunk_kind, "created": created, "model": served.name,
-                        "choices": choices}
-                if usage is not None:
-                    body["usage"] = usage
-                return f"data: {json.dumps(body)}\n\n"
-
             if chat:
                 yield frame([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                              for i in range(job.n)])
@@ -320,16 +340,16 @@ def create_app(served: Served):
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    async def answer(request: HttpRequest, chat: bool):
+        job = parse(served, await read_json(request), chat=chat)
+        return stream(job, chat) if job.stream else await complete(job, chat)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HttpRequest):
-        job = parse(served, await read_json(request), chat=True)
-        out = respond(job, chat=True)
-        return await out if not job.stream else out
+        return await answer(request, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: HttpRequest):
-        job = parse(served, await read_json(request), chat=False)
-        out = respond(job, chat=False)
-        return await out if not job.stream else out
+        return await answer(request, chat=False)
 
     return app
