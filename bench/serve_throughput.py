@@ -3,8 +3,12 @@ distributions; prints requests/s, output tokens/s, p50/p99 time to first token a
 sftjax.generate on the same prompts (batches of serve.max_batch, each batch padded to its longest answer) for
 comparison.
 
-    .venv/bin/python bench/serve_throughput.py [--init-from embedded:smollm2-135m-instruct] [--requests 32]
-        [--concurrency 8] [--max-batch 8] [--prompt-words 40] [--output-tokens 64]
+    .venv/bin/python bench/serve_throughput.py [--init-from embedded:smollm2-135m-instruct | --model 58m]
+        [--requests 32] [--concurrency 8] [--max-batch 8] [--prompt-words 40] [--output-tokens 64]
+
+``--model 58m`` serves the CPU reference shapes of bench/train_throughput.py, randomly initialized and written as an
+HF directory under bench_out/ with SmolLM2's tokenizer (so its vocabulary is 49,152, not 32,000: 66M parameters).
+A random model rarely emits EOS, so its answers run to their budgets.
 """
 
 from __future__ import annotations
@@ -30,6 +34,25 @@ def workload(n: int, prompt_words: int, output_tokens: int, seed: int = 0):
         tokens = int(np.clip(rng.lognormal(np.log(output_tokens), 0.5), 4, 4 * output_tokens))
         out.append((" ".join(rng.choice(WORDS, words)), tokens))
     return out
+
+
+def random_58m() -> str:
+    """An HF directory of the 58M reference shapes (random weights) with the embedded default's tokenizer."""
+    from flax import nnx
+
+    from sftjax.ckpt.gguf import embedded_default_dir
+    from sftjax.ckpt.hf import save_hf
+    from sftjax.config import ModelConfig
+    from sftjax.model import Llama
+
+    dst = ROOT / "bench_out" / "serve_58m"
+    if (dst / "config.json").exists():
+        return f"hf:{dst}"
+    cfg = ModelConfig(name="bench58m", vocab_size=49152, hidden_size=512, intermediate_size=1408, num_layers=8,
+                      num_heads=8, num_kv_heads=8, max_position_embeddings=2048)
+    params = nnx.to_pure_dict(nnx.state(Llama(cfg, nnx.Rngs(0))))
+    save_hf(params, cfg, dst, tokenizer_dir=embedded_default_dir(log=lambda _: None), log=lambda _: None)
+    return f"hf:{dst}"
 
 
 def start(init_from: str, max_batch: int, name: str):
@@ -60,6 +83,7 @@ def one(client, name: str, prompt: str, max_tokens: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--init-from", default="embedded:smollm2-135m-instruct")
+    ap.add_argument("--model", choices=["58m"], help="serve randomly initialized reference shapes instead")
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-batch", type=int, default=8)
@@ -68,6 +92,8 @@ def main() -> None:
     args = ap.parse_args()
     import openai
 
+    if args.model == "58m":
+        args.init_from = random_58m()
     work = workload(args.requests, args.prompt_words, args.output_tokens)
     proc, url = start(args.init_from, args.max_batch, "bench")
     try:

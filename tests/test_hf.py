@@ -116,6 +116,7 @@ def test_convert_cli_round_trip(tmp_path):
     assert r.returncode == 2 and "not a GGUF file" in r.stderr
     r = convert("sftjax-to-hf", src, tmp_path / "y")
     assert r.returncode == 2 and "not a run directory or an sftjax checkpoint directory" in r.stderr
+    assert f"write hf:{src}" in r.stderr  # an HF directory given where a checkpoint is expected says what to write
 
 
 @pytest.mark.slow

@@ -315,3 +315,33 @@ def test_a_row_freed_by_a_long_request_serves_the_next_one_like_generate(hf_dir)
             assert run([(ids, 24)]) == [reference(ids, 24)]
     finally:
         engine.stop()
+
+
+def test_warmup_leaves_nothing_to_compile_for_a_warmed_shape(hf_dir):
+    """A greedy request whose prompt bucket and decode window warmup covered runs on programs already compiled
+    (found by bench/serve_throughput.py: every prefill and the row copy compiled again on first use, because the
+    warm calls differed from the serving calls in a defaulted static flag and in the cache's placement)."""
+    import jax
+
+    from sftjax.ckpt.init_from import load_model
+    from sftjax.config import ModelConfig
+    from sftjax.generate import engine as engine_module
+    from sftjax.parallel.mesh import make_mesh
+
+    m = load_model(f"hf:{hf_dir}", ModelConfig(), make_mesh((1, 1, 1), devices=jax.devices()[:1]), log=lambda _: None)
+    engine = engine_module.Engine(m.graphdef, m.params, m.cfg, max_batch=2, max_len=256, chunk=4, pad_id=2)
+    engine.warmup(32)
+    programs = [engine_module._prefill_one, engine_module._insert, engine_module._decode_chunk]
+    before = [f._cache_size() for f in programs]
+    engine.start()
+    try:
+        boxes = []
+        for ids in ([5, 6, 7], [9] * 20):
+            box = {"event": threading.Event()}
+            engine.submit(engine_module.Request(ids, 12, lambda kind, p, box=box: box["event"].set()
+                                                if kind == "done" else None))
+            boxes.append(box)
+        assert all(box["event"].wait(120) for box in boxes)
+    finally:
+        engine.stop()
+    assert [f._cache_size() for f in programs] == before

@@ -192,18 +192,24 @@ class Engine:
 
         t0 = time.perf_counter()
         buckets = sorted({self.bucket(n) for n in range(1, max(prompt_tokens, 1) + 1)})
+        row_caches = []
         for width in buckets:
             ids = np.full((1, width), self.pad_id, np.int32)
             _, row_cache = _prefill_one(self.params, ids, np.zeros(1, np.int32), np.zeros(1, np.uint32),
                                         np.zeros(1, np.float32), np.zeros(1, np.int32), np.ones(1, np.float32),
-                                        static=self.static)
-            self.cache = _insert(self.cache, row_cache, np.int32(0), stacked=self.cfg.scan_layers)
+                                        static=self.static, sample=False)  # as _prefill passes it: same cache key
+            row_caches.append(row_cache)
+        # The fresh zeros are placed unlike the cache that an insert or a decode chunk returns (placed like the
+        # parameters): one insert moves the cache there, and the copies are then compiled for that placement.
+        self.cache = _insert(self.cache, row_caches[0], np.int32(0), stacked=self.cfg.scan_layers)
         inactive = np.zeros(self.max_batch, bool)
         for window in [w for w in self.windows if w <= 2 * max(buckets)] or self.windows[:1]:
             out = _decode_chunk(self.params, self.cache, self.tok, self.nxt, self.first, inactive, self.seeds,
                                 self.count, self.temperature, self.top_k, self.top_p, static=self.static,
                                 steps=self.chunk, window=window, sample=False)
             self.cache = out[1]
+        for row_cache in row_caches:
+            self.cache = _insert(self.cache, row_cache, np.int32(0), stacked=self.cfg.scan_layers)
         jax.block_until_ready(self.cache)
         seconds = time.perf_counter() - t0
         if log:
@@ -279,7 +285,7 @@ class Engine:
         tok, row_cache = _prefill_one(
             self.params, ids, start, np.asarray([r.seed], np.uint32), np.asarray([r.temperature], np.float32),
             np.asarray([r.top_k], np.int32), np.asarray([r.top_p], np.float32), static=self.static,
-            sample=r.temperature > 0)
+            sample=bool(r.temperature > 0))
         self.cache = _insert(self.cache, row_cache, np.int32(i), stacked=self.cfg.scan_layers)
         self.rows[i] = row
         self.tok[i], self.nxt[i], self.first[i] = int(tok[0]), width, int(start[0])

@@ -9,7 +9,7 @@
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-runs/study_finetunebench_cpu}
-FACTS=${FACTS:-30}
+FACTS=${FACTS:-24}
 LRS=${LRS:-1.0e-5,1.0e-4}
 STEPS=${STEPS:-data,sweep,base,report}
 DOC=docs/studies/finetunebench_cpu
