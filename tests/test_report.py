@@ -93,7 +93,7 @@ def make_sweep(root: Path) -> Path:
 
 
 def table_rows(md: str) -> list[dict]:
-    lines = md.split("## Runs", 1)[1].split("## Plots", 1)[0].strip().splitlines()
+    lines = md.split("## Runs", 1)[1].split("\n## ", 1)[0].strip().splitlines()
     lines = [ln for ln in lines if ln.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     return [dict(zip(header, [c.strip() for c in ln.strip("|").split("|")])) for ln in lines[2:]]
@@ -141,7 +141,7 @@ def test_report_of_a_2x2_sweep(tmp_path):
     assert rows[0]["run"] == "dmt, arith=1/4"
     drawn = {p.file for p in plots if p.file}
     assert drawn == {"ability_vs_amount.png", "strategy_comparison.png", "score_vs_epoch.png",
-                     "memorization_vs_generalization.png", "train_loss_per_source.png"}
+                     "memorization_vs_generalization.png", "knowledge_over_training.png", "train_loss_per_source.png"}
     for f in drawn:
         png = tmp_path / "out" / f
         assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG", f
@@ -294,7 +294,8 @@ def test_strategy_loss_bars_include_the_base_model(tmp_path, monkeypatch):
     assert loss_bars["dmt"] == ([1.75], None) and loss_bars["mixed_sequential"] == ([2.5], None)
     assert loss_bars["mixed_sequential, schedule=stage"] == ([2.0], None)  # its own bar, not averaged in
     assert sorted(r.label for r in col.runs if r.coords["strategy"] == "mixed_sequential") == [
-        "model=tiny, mixed_sequential", "model=tiny, mixed_sequential, schedule=stage"]  # by coordinate, not overrides
+        "mixed_sequential", "mixed_sequential, schedule=stage"]  # by coordinate, not overrides; the base model's
+    # different model does not make every trained run's label name its own
     (ref,) = [v for k, v in loss_bars.items() if k.endswith("(not fine-tuned here)")]
     assert ref == ([3.25], "//")
     assert "strategy_loss.png" in md_path.read_text()
@@ -335,3 +336,37 @@ def test_rubric_table_and_plot_compare_models_across_criteria(tmp_path):
     assert len(rows) == 1 and "| 0.75 |" in rows[0]  # in_domain score of the fine-tuned model
     (plot,) = [p for p in plots if p.file == "rubric_criteria.png"]
     assert (tmp_path / "report" / plot.file).stat().st_size > 0
+
+
+def test_knowledge_over_training_table_and_plot_label_runs_by_what_was_swept(tmp_path):
+    """FineTuneBench's table: every split at every evaluation, epochs known, the base model as epoch 0; runs that
+    differ only in plain overrides (a format, a learning rate) are labelled by those, not by their directories."""
+    root = tmp_path / "runs"
+    for lr in ("1e-5", "1e-4"):
+        write_run(root / f"job_lr_{lr}", ["model=tiny", "data.stages=[]", "strategy.specialized=[arith]",
+                                          "strategy.general=[prose]", "strategy=mixed_sequential", f"optim.lr={lr}"],
+                  "mixed_sequential", Fraction(1))
+    base = tmp_path / "base.json"
+    know = {"memorization": 0.05, "rephrased": 0.1, "date_changed": 0.0, "yes_no": 0.5, "comparison": 0.45,
+            "generalization": 0.2625, "accuracy": 0.22, "n": 50}
+    base.write_text(json.dumps({"models": {"embedded:smollm2-135m-instruct": {
+        "knowledge": {"kind": "knowledge", "metrics": know, "results": [], "seconds": 1.0}}}}))
+    col, plots, md_path = write_report([root, base], tmp_path / "out")
+    md = md_path.read_text()
+    assert sorted(r.label for r in col.runs if r.coords.get("strategy") != "(eval only)") == ["lr=1e-4", "lr=1e-5"]
+    section = md.split("## Knowledge over training", 1)[1].split("## Plots", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["run", "epoch", "step", "memorization", "rephrased", "date_changed", "yes_no", "comparison",
+                      "generalization", "n"]
+    rows = [dict(zip(header, [c.strip() for c in ln.strip("|").split("|")])) for ln in lines[2:]]
+    assert len(rows) == 1 + 2 * 2
+    assert rows[0]["epoch"] == "0" and rows[0]["step"] == "–" and rows[0]["yes_no"] == "0.5"  # the base model first
+    trained = rows[1:]
+    assert [(r["epoch"], r["step"]) for r in trained] == [("3", "2"), ("6", "4")] * 2  # 3 epochs per stage
+    s = scores("mixed_sequential", Fraction(1), Fraction(1, 256), 4)
+    assert float(trained[1]["memorization"]) == pytest.approx(s["memorization"], abs=1e-3)
+    assert float(trained[1]["comparison"]) == pytest.approx(s["generalization"], abs=1e-3)
+    (plot,) = [p for p in plots if p.name == "Knowledge over training"]
+    assert plot.file == "knowledge_over_training.png" and "epoch 0 is" in plot.caption
+    assert (tmp_path / "out" / plot.file).stat().st_size > 5000

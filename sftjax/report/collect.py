@@ -149,26 +149,42 @@ class Collection:
     def assign_labels(self) -> None:
         """A run's label names what sets it apart: the coordinates that vary, then the differing overrides, then
         its path."""
-        keys = [k for k in self.coordinate_keys() if len([v for v in self.varying(k) if v is not None]) > 1
-                or (k == "schedule" and len(self.varying(k)) > 1)]  # schedule is None (the default) or "stage"
-        for r in self.runs:
+        trained = [r for r in self.runs if r.coords.get("strategy") != EVAL_ONLY]
+
+        def varying(k):  # among the trained runs: a base model beside them does not make every label name the model
+            return sorted({r.coords.get(k) for r in trained}, key=sort_value)
+
+        keys = [k for k in self.coordinate_keys() if len([v for v in varying(k) if v is not None]) > 1
+                or (k == "schedule" and len(varying(k)) > 1)]  # schedule is None (the default) or "stage"
+        for r in trained:
             parts = [r.coords[k] if k == "strategy" else f"{_short_key(k)}={fmt_value(r.coords[k])}"
                      for k in keys if r.coords.get(k) is not None]
-            r.label = ", ".join(str(p) for p in parts) or r.name
-        by_label: dict[str, list[Run]] = {}
+            r.label = ", ".join(str(p) for p in parts)
         for r in self.runs:
+            if r.coords.get("strategy") == EVAL_ONLY:
+                r.label = str(r.coords.get('model') or r.name)
+        by_label: dict[str, list[Run]] = {}
+        for r in trained:
             by_label.setdefault(r.label, []).append(r)
         for same in by_label.values():
             if len(same) < 2:
+                same[0].label = same[0].label or same[0].name
                 continue
             common = set.intersection(*(set(r.overrides) for r in same))
             for r in same:
-                extra = [o for o in r.overrides if o not in common and not o.startswith("run_dir=")]
-                r.label = ", ".join(([r.label] if keys else []) + extra) if extra else f"{r.label} [{r.name}]"
+                extra = [_short_override(o) for o in r.overrides if o not in common and not o.startswith("run_dir=")]
+                r.label = (", ".join(([r.label] if r.label else []) + extra) if extra
+                           else f"{r.label} [{r.name}]" if r.label else r.name)
 
 
 def _short_key(key: str) -> str:
     return key.removeprefix("amount/")
+
+
+def _short_override(override: str) -> str:
+    """``data.sources.facts.format=qa`` -> ``format=qa``: a label names the swept knob, not its config path."""
+    key, sep, value = override.partition("=")
+    return f"{key.lstrip('+~').rsplit('.', 1)[-1]}{sep}{value}" if sep else override
 
 
 # -- values ----------------------------------------------------------------------------------------------------------

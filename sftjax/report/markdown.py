@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sftjax.report.collect import Collection, Run, fmt_value, headline_metrics, rubric_suites
-from sftjax.report.plots import Plot
+from sftjax.report.collect import EVAL_ONLY, Collection, Run, fmt_value, headline_metrics, rubric_suites
+from sftjax.report.plots import SPLIT_ORDER, Plot
 
 COORD_HEADERS = {"model": "model", "init_from": "init from", "strategy": "strategy", "k": "k", "epochs": "epochs",
                  "seed": "seed"}
@@ -64,6 +64,41 @@ def rubric_tables(col: Collection) -> list[str]:
     return out
 
 
+def knowledge_table(col: Collection) -> list[str]:
+    """FineTuneBench's table: each knowledge split at every evaluation of every run (epochs where known), with the
+    models evaluated only (the base model) first as epoch 0."""
+    rows = []
+    for r in col.runs:
+        if r.coords.get("strategy") == EVAL_ONLY:
+            if any(v["kind"] == "knowledge" for v in r.final_eval.values()):
+                rows.append((r, None, 0))
+            continue
+        steps = sorted(st for st in r.evals if any(v["kind"] == "knowledge" for v in r.evals[st].values()))
+        if len(steps) >= 2:
+            rows += [(r, st, r.epoch_of(st)) for st in steps]
+    if not any(r.coords.get("strategy") != EVAL_ONLY for r, _, _ in rows):
+        return []
+    rows.sort(key=lambda x: x[0].coords.get("strategy") != EVAL_ONLY)  # stable: runs keep their order
+    def knowledge(r: Run, step) -> dict:
+        suites = r.final_eval if step is None else r.evals[step]
+        return next(v for v in suites.values() if v["kind"] == "knowledge")["metrics"]
+
+    splits = [sp for sp in SPLIT_ORDER if any(sp in knowledge(r, st) for r, st, _ in rows)]
+    header = ["run", "epoch", "step", *splits, "n"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r, st, epoch in rows:
+        m = knowledge(r, st)
+        cells = [r.label or r.name, epoch if epoch is None else round(epoch, 2), st,
+                 *[m.get(sp) for sp in splits], m.get("n")]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return ["## Knowledge over training", "",
+            "Accuracy (fraction correct) on each split of the knowledge suite at every evaluation: memorization asks "
+            "the trained questions verbatim; rephrased, date_changed (the right answer is the abstention), yes_no and "
+            "comparison ask new questions about the same facts, and generalization pools them; n counts all "
+            "questions. Models evaluated without training here (the base model) are epoch 0.", "",
+            "\n".join(lines), ""]
+
+
 def render(col: Collection, plots: list[Plot], title: str = "sftjax report") -> str:
     out = [f"# {title}", "",
            f"{col.summary()}, from {', '.join(f'`{d}`' for d in col.roots)}.", ""]
@@ -79,6 +114,7 @@ def render(col: Collection, plots: list[Plot], title: str = "sftjax report") -> 
             "first stage that mixes it; k: dmt's share in its general stage); train loss is the last line of "
             "`metrics.jsonl` (nats/token); the evaluation columns are the last `eval/step_N.json` (fractions, 0-1, "
             "except loss).", "", table(col), ""]
+    out += knowledge_table(col)
     out += rubric_tables(col)
     out += ["## Plots", ""]
     for p in plots:

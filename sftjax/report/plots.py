@@ -13,6 +13,8 @@ score_vs_epoch.png / score_vs_step.png
                                     every evaluation of a run over training (epochs when they are known for every
                                     run, else steps), abilities and validation losses
 memorization_vs_generalization.png  knowledge suites: accuracy on the trained questions vs the other splits, per run
+knowledge_over_training.png         knowledge suites over training: every split per evaluation, one panel per run (the
+                                    base model, when given, at epoch 0)
 train_loss_per_source.png           training loss (overall and per source) over steps, one line per run
 rubric_criteria.png                 judge suites with per-criterion scores: one group of bars per criterion (and
                                     overall), one bar per model (Zhang & Chen's comparison across criteria)
@@ -463,6 +465,50 @@ def plot_memorization(col: Collection, out: Path) -> Plot:
                 + ".")
 
 
+def plot_knowledge_over_training(col: Collection, out: Path) -> Plot:
+    """FineTuneBench's question: does generalization follow memorization as epochs go by? One panel per run."""
+    name = "Knowledge over training"
+    suite_of = {}
+    for r in col.runs:
+        suites = [s for step in r.evals for s, v in r.evals[step].items() if v["kind"] == "knowledge"]
+        if suites and len({st for st in r.evals if suites[0] in r.evals[st]}) >= 2:
+            suite_of[id(r)] = suites[0]
+    runs = [r for r in col.runs if id(r) in suite_of][:MAX_PANELS]
+    if not runs:
+        return _not_drawn(name, "no run has a knowledge evaluation at two or more steps")
+    by_epoch = all(r.epoch_of(step) is not None for r in runs for step in r.evals)
+    base = [r for r in col.runs if r.coords.get("strategy") == EVAL_ONLY
+            and any(v["kind"] == "knowledge" for v in r.final_eval.values())][:1]
+    fig, axes = _figure(len(runs), "Knowledge: memorization vs generalization over training", height=3.0)
+    styles = {"memorization": dict(color="#1f4e99", linewidth=2.2),
+              "generalization": dict(color="#d9661f", linewidth=2.2)}
+    for ax, r in zip(axes, runs):
+        suite = suite_of[id(r)]
+        steps = sorted(st for st in r.evals if suite in r.evals[st])
+        xs = [r.epoch_of(st) if by_epoch else st for st in steps]
+        splits = [sp for sp in SPLIT_ORDER if any(sp in r.evals[st][suite]["metrics"] for st in steps)]
+        for j, split in enumerate(splits):
+            ys = [_value(r, suite, split, st) for st in steps]
+            if base and by_epoch:  # the model before fine-tuning, at epoch 0
+                b = next(name for name, v in base[0].final_eval.items() if v["kind"] == "knowledge")
+                xs_, ys_ = [0.0, *xs], [_value(base[0], b, split), *ys]
+            else:
+                xs_, ys_ = xs, ys
+            ax.plot(xs_, ys_, marker="o", markersize=3, label=split,
+                    **styles.get(split, dict(color=f"C{(j + 2) % 10}", linewidth=1, linestyle="--", alpha=0.8)))
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("epoch" if by_epoch else "training step")
+        ax.set_ylabel("accuracy (fraction correct)")
+        ax.set_title(r.label, fontsize=9)
+        ax.grid(alpha=0.3)
+    file = _save(fig, axes, out, "knowledge_over_training.png")
+    return Plot(name, file, "Accuracy per split at every evaluation during training, one panel per run: the trained "
+                "questions verbatim (memorization, blue) against new questions about the same facts (generalization, "
+                "orange, pooling the dashed splits)" + ("; epoch 0 is " + (base[0].label or base[0].name)
+                                                        if base and by_epoch else "")
+                + ("" if by_epoch else "; by step, since the epochs of some evaluations are not known") + ".")
+
+
 # -- (6) training loss -----------------------------------------------------------------------------------------------
 
 
@@ -519,7 +565,7 @@ def plot_rubric_criteria(col: Collection, out: Path) -> Plot:
 
 
 PLOTS = (plot_ability_vs_amount, plot_strategy_comparison, plot_strategy_loss, plot_dmt_k, plot_score_vs_epoch,
-         plot_memorization, plot_train_loss, plot_rubric_criteria)
+         plot_memorization, plot_knowledge_over_training, plot_train_loss, plot_rubric_criteria)
 
 
 def make_plots(col: Collection, out: Path) -> list[Plot]:
