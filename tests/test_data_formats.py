@@ -1,7 +1,6 @@
 """Record formats and chat templates: literal renderings, exact masks, and errors that name what is wrong."""
 
 import string
-from pathlib import Path
 
 import pytest
 
