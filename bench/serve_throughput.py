@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -60,7 +61,8 @@ def start(init_from: str, max_batch: int, name: str):
                              "serve.port=0", f"serve.max_batch={max_batch}", f"serve.model_name={name}"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
-        if "/v1, max_batch" in line:
+        if "/v1, max_batch" in line:  # then keep reading, so a full pipe never blocks the server's logging
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
             return proc, line.split(" on ", 1)[1].split(",")[0]
     raise SystemExit(f"server did not start (exit {proc.wait()})")
 

@@ -101,6 +101,16 @@ def test_greedy_answers_equal_sftjax_generate(server, reference):
     assert status == 200 and body["choices"][0]["text"] == reference(20, prompt="w5 w9 w11")[0]
 
 
+def test_health_reports_load_and_compiled_programs(server):
+    status, _ = post(server, "/v1/completions", {"model": NAME, "prompt": "w5 w9", "max_tokens": 4, "temperature": 0})
+    assert status == 200
+    with urllib.request.urlopen(server.removesuffix("/v1") + "/health", timeout=60) as r:
+        health = json.loads(r.read())
+    assert health["status"] == "ok" and health["model"] == NAME and health["busy"] == 0
+    assert health["requests"] >= 1 and health["tokens"] >= 1
+    assert set(health["compiled"]) == {"prefill", "insert", "decode"} and health["compiled"]["prefill"] >= 1
+
+
 def test_the_openai_client_works_plain_and_streaming(server, reference):
     import openai
 
@@ -331,8 +341,7 @@ def test_warmup_leaves_nothing_to_compile_for_a_warmed_shape(hf_dir):
     m = load_model(f"hf:{hf_dir}", ModelConfig(), make_mesh((1, 1, 1), devices=jax.devices()[:1]), log=lambda _: None)
     engine = engine_module.Engine(m.graphdef, m.params, m.cfg, max_batch=2, max_len=256, chunk=4, pad_id=2)
     engine.warmup(32)
-    programs = [engine_module._prefill_one, engine_module._insert, engine_module._decode_chunk]
-    before = [f._cache_size() for f in programs]
+    before = engine.programs
     engine.start()
     try:
         boxes = []
@@ -344,4 +353,4 @@ def test_warmup_leaves_nothing_to_compile_for_a_warmed_shape(hf_dir):
         assert all(box["event"].wait(120) for box in boxes)
     finally:
         engine.stop()
-    assert [f._cache_size() for f in programs] == before
+    assert engine.programs == before

@@ -238,6 +238,13 @@ class Engine:
         self.thread.join()
 
     @property
+    def programs(self) -> dict[str, int]:
+        """Compiled programs per step kind, in this process (shown by /health): a count that grows while serving
+        means requests are waiting for XLA, i.e. a shape outside what warmup covered."""
+        return {"prefill": _prefill_one._cache_size(), "insert": _insert._cache_size(),
+                "decode": _decode_chunk._cache_size()}
+
+    @property
     def busy(self) -> int:
         return sum(r is not None for r in self.rows) + self.waiting.qsize()
 

@@ -266,7 +266,8 @@ def create_app(served: Served):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": served.name, "busy": served.engine.busy, **served.engine.stats}
+        return {"status": "ok", "model": served.name, "busy": served.engine.busy, **served.engine.stats,
+                "compiled": served.engine.programs}
 
     @app.get("/v1/models")
     async def models():
