@@ -27,7 +27,7 @@ if has sweep; then   # the preset's four formats x LRS (the paper's APIs expose 
 fi
 if has base; then    # epoch 0: the base model on the same questions (yes/no and comparison have a 50 % chance floor)
   "$BIN/sftjax-eval" models=[embedded:smollm2-135m-instruct] model.scan_layers=true eval=knowledge \
-      data=knowledge "eval.suites.knowledge.path=$DATA/knowledge_test.jsonl" eval.batch_size=32 \
+      +data=knowledge "eval.suites.knowledge.path=$DATA/knowledge_test.jsonl" eval.batch_size=32 \
       eval.output="$OUT/base_eval.json"
 fi
 if has report; then
