@@ -14,6 +14,7 @@ A random model rarely emits EOS, so its answers run to their budgets.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 import threading
@@ -39,18 +40,17 @@ def workload(n: int, prompt_words: int, output_tokens: int, seed: int = 0):
 
 def random_58m() -> str:
     """An HF directory of the 58M reference shapes (random weights) with the embedded default's tokenizer."""
+    from _common import model_config
     from flax import nnx
 
     from sftjax.ckpt.gguf import embedded_default_dir
     from sftjax.ckpt.hf import save_hf
-    from sftjax.config import ModelConfig
     from sftjax.model import Llama
 
     dst = ROOT / "bench_out" / "serve_58m"
     if (dst / "config.json").exists():
         return f"hf:{dst}"
-    cfg = ModelConfig(name="bench58m", vocab_size=49152, hidden_size=512, intermediate_size=1408, num_layers=8,
-                      num_heads=8, num_kv_heads=8, max_position_embeddings=2048)
+    cfg = dataclasses.replace(model_config("58m", 2048), vocab_size=49152)  # the tokenizer's vocabulary
     params = nnx.to_pure_dict(nnx.state(Llama(cfg, nnx.Rngs(0))))
     save_hf(params, cfg, dst, tokenizer_dir=embedded_default_dir(log=lambda _: None), log=lambda _: None)
     return f"hf:{dst}"

@@ -110,7 +110,8 @@ def checkpoint_root(src: str | Path) -> Path:
         return src
     if src.is_dir() and (src / "meta").is_dir():
         return src.parent
-    hint = f"; it holds config.json: for a Hugging Face directory write hf:{src}" if (src / "config.json").exists() else ""
+    hf = (src / "config.json").exists()
+    hint = f"; it holds config.json: for a Hugging Face directory write hf:{src}" if hf else ""
     raise ConfigError(f"{src}: not a run directory or an sftjax checkpoint directory (no {CHECKPOINTS}/){hint}")
 
 

@@ -80,6 +80,11 @@ class Run:
         out.update(self.extra_eval)
         return out
 
+    def knowledge_suite(self, step: int | None = None) -> str | None:
+        """The name of the first knowledge suite evaluated at ``step`` (None: the final evaluation), else None."""
+        suites = self.final_eval if step is None else self.evals.get(step, {})
+        return next((name for name, v in suites.items() if v["kind"] == "knowledge"), None)
+
     def sources_with_loss(self) -> list[str]:
         seen: list[str] = []
         for line in self.metrics:
@@ -132,9 +137,9 @@ class Collection:
             line += ": " + "; ".join(f"{r}" + (f" (x{n})" if n > 1 else "") for r, n in reasons.items())
         return line
 
-    def varying(self, key: str) -> list:
+    def varying(self, key: str, runs: list[Run] | None = None) -> list:
         """The distinct values of a coordinate among the runs (None included), in sorted order."""
-        return sorted({r.coords.get(key) for r in self.runs}, key=sort_value)
+        return sorted({r.coords.get(key) for r in (self.runs if runs is None else runs)}, key=sort_value)
 
     def coordinate_keys(self) -> list[str]:
         """Coordinates set in at least one run, in a fixed order (amounts in source order)."""
@@ -149,13 +154,10 @@ class Collection:
     def assign_labels(self) -> None:
         """A run's label names what sets it apart: the coordinates that vary, then the differing overrides, then
         its path."""
+        # Among the trained runs only: a base model beside them does not make every label name the model.
         trained = [r for r in self.runs if r.coords.get("strategy") != EVAL_ONLY]
-
-        def varying(k):  # among the trained runs: a base model beside them does not make every label name the model
-            return sorted({r.coords.get(k) for r in trained}, key=sort_value)
-
-        keys = [k for k in self.coordinate_keys() if len([v for v in varying(k) if v is not None]) > 1
-                or (k == "schedule" and len(varying(k)) > 1)]  # schedule is None (the default) or "stage"
+        keys = [k for k in self.coordinate_keys() if len([v for v in self.varying(k, trained) if v is not None]) > 1
+                or (k == "schedule" and len(self.varying(k, trained)) > 1)]  # schedule: None (default) or "stage"
         for r in trained:
             parts = [r.coords[k] if k == "strategy" else f"{_short_key(k)}={fmt_value(r.coords[k])}"
                      for k in keys if r.coords.get(k) is not None]

@@ -70,18 +70,18 @@ def knowledge_table(col: Collection) -> list[str]:
     rows = []
     for r in col.runs:
         if r.coords.get("strategy") == EVAL_ONLY:
-            if any(v["kind"] == "knowledge" for v in r.final_eval.values()):
+            if r.knowledge_suite():
                 rows.append((r, None, 0))
             continue
-        steps = sorted(st for st in r.evals if any(v["kind"] == "knowledge" for v in r.evals[st].values()))
+        steps = sorted(st for st in r.evals if r.knowledge_suite(st))
         if len(steps) >= 2:
             rows += [(r, st, r.epoch_of(st)) for st in steps]
     if not any(r.coords.get("strategy") != EVAL_ONLY for r, _, _ in rows):
         return []
     rows.sort(key=lambda x: x[0].coords.get("strategy") != EVAL_ONLY)  # stable: runs keep their order
+
     def knowledge(r: Run, step) -> dict:
-        suites = r.final_eval if step is None else r.evals[step]
-        return next(v for v in suites.values() if v["kind"] == "knowledge")["metrics"]
+        return (r.final_eval if step is None else r.evals[step])[r.knowledge_suite(step)]["metrics"]
 
     splits = [sp for sp in SPLIT_ORDER if any(sp in knowledge(r, st) for r, st, _ in rows)]
     header = ["run", "epoch", "step", *splits, "n"]

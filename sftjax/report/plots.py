@@ -470,15 +470,15 @@ def plot_knowledge_over_training(col: Collection, out: Path) -> Plot:
     name = "Knowledge over training"
     suite_of = {}
     for r in col.runs:
-        suites = [s for step in r.evals for s, v in r.evals[step].items() if v["kind"] == "knowledge"]
-        if suites and len({st for st in r.evals if suites[0] in r.evals[st]}) >= 2:
-            suite_of[id(r)] = suites[0]
+        suite = next((r.knowledge_suite(st) for st in sorted(r.evals) if r.knowledge_suite(st)), None)
+        if suite and len([st for st in r.evals if suite in r.evals[st]]) >= 2:
+            suite_of[id(r)] = suite
     runs = [r for r in col.runs if id(r) in suite_of][:MAX_PANELS]
     if not runs:
         return _not_drawn(name, "no run has a knowledge evaluation at two or more steps")
     by_epoch = all(r.epoch_of(step) is not None for r in runs for step in r.evals)
-    base = [r for r in col.runs if r.coords.get("strategy") == EVAL_ONLY
-            and any(v["kind"] == "knowledge" for v in r.final_eval.values())][:1]
+    base = [r for r in col.runs if r.coords.get("strategy") == EVAL_ONLY and r.knowledge_suite()][:1]
+    base_suite = base[0].knowledge_suite() if base else None
     fig, axes = _figure(len(runs), "Knowledge: memorization vs generalization over training", height=3.0)
     styles = {"memorization": dict(color="#1f4e99", linewidth=2.2),
               "generalization": dict(color="#d9661f", linewidth=2.2)}
@@ -490,8 +490,7 @@ def plot_knowledge_over_training(col: Collection, out: Path) -> Plot:
         for j, split in enumerate(splits):
             ys = [_value(r, suite, split, st) for st in steps]
             if base and by_epoch:  # the model before fine-tuning, at epoch 0
-                b = next(name for name, v in base[0].final_eval.items() if v["kind"] == "knowledge")
-                xs_, ys_ = [0.0, *xs], [_value(base[0], b, split), *ys]
+                xs_, ys_ = [0.0, *xs], [_value(base[0], base_suite, split), *ys]
             else:
                 xs_, ys_ = xs, ys
             ax.plot(xs_, ys_, marker="o", markersize=3, label=split,
