@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sftjax.config import ConfigError
-from sftjax.eval.math import extract_answer, is_correct, load_gsm8k_jsonl, score
+from sftjax.eval.math import extract_answer, is_correct, load_gsm8k_jsonl, score, uses_answer_format
 
 
 @pytest.mark.parametrize(
@@ -47,12 +47,23 @@ def test_is_correct_tolerance_and_gold_forms():
         is_correct("#### 7", "seven")
 
 
+def test_answer_format_counts_only_a_number_after_the_last_marker():
+    assert uses_answer_format("so 2 + 2 = 4\n#### 4") and uses_answer_format("#### $1,200 in total")
+    assert not uses_answer_format("the answer is 4") and not uses_answer_format(None)
+    assert not uses_answer_format("#### 4 ... then again ####")  # the last marker has no number after it
+    r = score(["#### 4", "the answer is 10.", "#### nothing", "#### -3.5"], ["4", 10, "2", "-3.5"])
+    assert r["n_formatted"] == 2 and r["answer_format"] == 0.5 and r["accuracy"] == 0.75
+    assert [x["formatted"] for x in r["results"]] == [True, False, False, True]
+    assert score([], [])["answer_format"] is None
+
+
 def test_score_counts_unparseable_separately():
     r = score(["#### 4", "the answer is 10.", "I cannot tell", "#### -3.5"], ["4", 11, "#### 2", "-3.5"])
     assert r["n"] == 4 and r["n_correct"] == 2 and r["n_unparseable"] == 1
     assert r["accuracy"] == 0.5
     assert [x["correct"] for x in r["results"]] == [True, False, False, True]
-    assert r["results"][2] == {"index": 2, "pred": None, "gold": 2.0, "correct": False, "parseable": False}
+    assert r["results"][2] == {"index": 2, "pred": None, "gold": 2.0, "correct": False, "parseable": False,
+                               "formatted": False}
     assert score([], [])["accuracy"] is None
     with pytest.raises(ValueError, match="2 predictions but 1"):
         score(["1", "2"], ["1"])

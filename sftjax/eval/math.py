@@ -13,7 +13,8 @@ denominator is not a number). Not supported: scientific notation, percent conver
 a hyphen, not a sign ("3-5" -> 3 and 5), because ranges and equations are common in reasoning text.
 
 An output with no number at all is *unparseable*: it is scored wrong and counted separately in :func:`score`, so a
-model that stops emitting numbers is visible instead of hiding inside a low accuracy.
+model that stops emitting numbers is visible instead of hiding inside a low accuracy. Predictions that use the
+``#### N`` form are counted too (``answer_format``): it is how far the model adopted the training data's format.
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ def _numbers(text: str) -> list[float]:
             value = int(m.group("num")) / den
         out.append(-value if negative else value)
     return out
+
+
+def uses_answer_format(text: str | None) -> bool:
+    """Whether the text gives its answer the way the training data does: a number after the last ``####``.
+
+    Counted apart from accuracy because a small model adopts the format long before it gets answers right; the share
+    of formatted answers is the first sign that math SFT data took effect.
+    """
+    return text is not None and "####" in str(text) and bool(_numbers(str(text).rsplit("####", 1)[1]))
 
 
 def extract_answer(text: str | None) -> float | None:
@@ -95,7 +105,7 @@ def score(predictions: list[str], golds: list[str | float]) -> dict[str, Any]:
     if len(predictions) != len(golds):
         raise ValueError(f"score: {len(predictions)} predictions but {len(golds)} gold answers")
     results = []
-    n_correct = n_unparseable = 0
+    n_correct = n_unparseable = n_formatted = 0
     for i, (pred_text, gold) in enumerate(zip(predictions, golds)):
         g = _gold_value(gold)
         if g is None:
@@ -105,13 +115,18 @@ def score(predictions: list[str], golds: list[str | float]) -> dict[str, Any]:
         correct = parseable and abs(pred - g) < TOLERANCE
         n_correct += correct
         n_unparseable += not parseable
-        results.append({"index": i, "pred": pred, "gold": g, "correct": correct, "parseable": parseable})
+        formatted = uses_answer_format(pred_text)
+        n_formatted += formatted
+        results.append({"index": i, "pred": pred, "gold": g, "correct": correct, "parseable": parseable,
+                        "formatted": formatted})
     n = len(results)
     return {
         "accuracy": n_correct / n if n else None,
         "n": n,
         "n_correct": n_correct,
         "n_unparseable": n_unparseable,
+        "answer_format": n_formatted / n if n else None,
+        "n_formatted": n_formatted,
         "results": results,
     }
 

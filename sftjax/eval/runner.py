@@ -95,7 +95,8 @@ def math_suite(suite: SuiteConfig, completer: Completer) -> dict:
     preds = completer.complete(prompts, suite.max_new_tokens, temperature=suite.temperature)
     scored = gsm.score(preds, [p["answer"] for p in problems])
     results = [{"id": p["id"], "prediction": pred, **r} for p, pred, r in zip(problems, preds, scored["results"])]
-    return {"metrics": {"accuracy": scored["accuracy"], "n": scored["n"], "unparseable": scored["n_unparseable"]},
+    return {"metrics": {"accuracy": scored["accuracy"], "n": scored["n"], "unparseable": scored["n_unparseable"],
+                        "answer_format": scored["answer_format"]},
             "results": results}
 
 
