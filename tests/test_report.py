@@ -370,3 +370,60 @@ def test_knowledge_over_training_table_and_plot_label_runs_by_what_was_swept(tmp
     (plot,) = [p for p in plots if p.name == "Knowledge over training"]
     assert plot.file == "knowledge_over_training.png" and "epoch 0 is" in plot.caption
     assert (tmp_path / "out" / plot.file).stat().st_size > 5000
+
+
+def test_amount_plots_draw_alone_and_mixed_runs_as_separate_lines_with_the_base_model(tmp_path, monkeypatch):
+    """Dong et al.'s amount grid: each source alone, and all sources mixed at the same amount. The mixed runs form one
+    line per source over that source's amount (not one point per amount of the others); the base model is a dotted
+    reference; held-out losses get the same plot."""
+    import matplotlib.axes
+
+    root = tmp_path / "runs"
+    base = ["model=tiny", "data.stages=[]", "strategy=multitask", "strategy.general=[]"]
+    for sources in ("[arith]", "[prose]", "[arith,prose]"):
+        for amount in ("1/4", "1/2"):
+            run = root / f"{sources}-{amount.replace('/', '_')}"
+            write_run(run, [*base, f"strategy.specialized={sources}", f"strategy.amount={amount}"], "multitask",
+                      Fraction(amount) * (2 if "," in sources else 1), stages=("multitask",) * 2)
+            record = json.loads((run / "eval" / "step_4.json").read_text())
+            record["suites"]["arith_loss"] = {"kind": "loss", "metrics": {"loss": 2.0 - float(Fraction(amount))},
+                                              "results": [], "seconds": 1.0}
+            record["suites"]["math"]["metrics"]["answer_format"] = 0.5
+            (run / "eval" / "step_4.json").write_text(json.dumps(record))
+    out = tmp_path / "base.json"
+    out.write_text(json.dumps({"models": {"embedded:smollm2-135m-instruct": {
+        "arith_loss": {"kind": "loss", "metrics": {"loss": 3.0}, "results": [], "seconds": 1.0},
+        "math": {"kind": "math", "metrics": {"accuracy": 0.0, "answer_format": 0.0, "n": 8}, "results": [],
+                 "seconds": 1.0}}}}))
+    drawn: list[tuple[str, list, list, str]] = []
+    refs: list[tuple[str, float]] = []
+    real_errorbar, real_axhline = matplotlib.axes.Axes.errorbar, matplotlib.axes.Axes.axhline
+
+    def errorbar(self, x, y, *args, **kwargs):
+        drawn.append((kwargs.get("label"), list(x), list(y), kwargs.get("linestyle")))
+        return real_errorbar(self, x, y, *args, **kwargs)
+
+    def axhline(self, y=0, *args, **kwargs):
+        refs.append((kwargs.get("label"), y))
+        return real_axhline(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", errorbar)
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", axhline)
+    col, plots, md_path = write_report([root, out], tmp_path / "out")
+    by = {p.name: p for p in plots}
+    assert by["Ability vs data amount"].file == "ability_vs_amount.png"
+    assert by["Held-out loss vs data amount"].file == "loss_vs_amount.png"
+    assert (tmp_path / "out" / "loss_vs_amount.png").stat().st_size > 5000
+    assert "dashed line named a+b+c" in by["Ability vs data amount"].caption and "Dotted" in by[
+        "Ability vs data amount"].caption
+    lines = {label: (x, style) for label, x, _, style in drawn}
+    assert lines == {"arith alone": ([0.25, 0.5], "-"), "arith+prose": ([0.25, 0.5], "--"),
+                     "prose alone": ([0.25, 0.5], "-"), "prose+arith": ([0.25, 0.5], "--")}
+    # five panels (math accuracy and answer format, knowledge memorization and generalization, arith loss), four
+    # lines each
+    assert len(drawn) == 20 and [1.75, 1.5] in [y for label, _, y, _ in drawn if label == "arith alone"]
+    # the base model in the panels where it was evaluated (math accuracy, answer format, arith loss; the score over
+    # training plot draws it too)
+    assert {label for label, _ in refs} == {"embedded:smollm2-135m-instruct (not fine-tuned here)"}
+    assert sorted({y for _, y in refs}) == [0.0, 3.0]
+    assert "math/answer_format" in table_rows(md_path.read_text())[0]

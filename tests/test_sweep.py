@@ -140,6 +140,10 @@ def test_job_dirname_drops_eval_keys_and_stays_short():
     a, b = job_dirname(long), job_dirname(long + ",x=1")
     assert len(a) <= 160 and a != b and "/" not in a  # distinct jobs keep distinct directories
     assert job_dirname("") == "default"
+    # eval keys removed with ~ are dropped too; fractions are shown, not hashed like paths (the amounts study's
+    # directories were 'experiment=dong2023_amounts,...,~eval.suites.code=null-da19c199ff', the amount hidden)
+    assert job_dirname("strategy.amount=1/256,strategy.specialized=[math],~eval.suites.code=null") == (
+        "strategy.amount=1_256,strategy.specialized=[math]")
 
 
 def test_job_dirname_names_paths_by_hash():

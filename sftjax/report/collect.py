@@ -557,10 +557,10 @@ def headline_metrics(kind: str, metrics: dict) -> list[str]:
 
 
 def ability_metrics(kind: str, metrics: dict) -> list[str]:
-    """The headline abilities of a suite: math accuracy, code pass@k, knowledge memorization and generalization,
-    judge score."""
+    """The headline abilities of a suite: math accuracy and answer format (the share in the ``#### N`` form), code
+    pass@k, knowledge memorization and generalization, judge score."""
     if kind == "math":
-        return [m for m in ("accuracy",) if m in metrics]
+        return [m for m in ("accuracy", "answer_format") if m in metrics]
     if kind == "code":
         return sorted((m for m in metrics if m.startswith("pass@")), key=lambda m: int(m[5:]) if m[5:].isdigit() else 0)
     if kind == "knowledge":

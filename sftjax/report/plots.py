@@ -4,7 +4,10 @@ Each plot is drawn only when the runs vary along its axis; otherwise it is liste
 
 ability_vs_amount.png               each ability (math/code/knowledge/judge metric) vs the data amount of the source(s)
                                     whose amount varies (log2 x, labelled 1, 1/4, ... 1/256); one line per source and
-                                    setting of the other coordinates (strategy, model, ...); seeds averaged
+                                    setting of the other coordinates (strategy, model, ...); seeds averaged;
+                                    runs mixing other sources at the same amount are a line of their own; the
+                                    base model (sftjax-eval output) is a dotted reference
+loss_vs_amount.png                  the same for held-out validation losses (nats/token; lower is better)
 strategy_comparison.png             one group of bars per ability, one bar per strategy (and k), one panel per setting
 strategy_loss.png                   the same for held-out validation losses (nats/token; lower is better)
 dmt_k.png                           each ability vs dmt's k (log2 x); mixed_sequential runs of the same setting as
@@ -58,6 +61,8 @@ def unit(kind: str, metric: str) -> str:
         return "loss (nats/token)"
     if metric.startswith("pass@"):
         return f"{metric} (fraction of tasks)"
+    if metric == "answer_format":
+        return "answers in '#### N' form (fraction)"
     if kind == "judge":
         return "rubric score (normalized, 0-1)"
     if kind in ("math", "knowledge") or metric in ("accuracy", "memorization", "generalization"):
@@ -120,7 +125,8 @@ def _save(fig, axes, out: Path, name: str) -> str:
                 handles.append(h)
                 labels.append(lab)
     if labels:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=8,
+        # one legend column per panel column (up to 3): wider legends are cut off at the figure's edges
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels), len(axes)), fontsize=8,
                    frameon=False)
     fig.savefig(out / name, dpi=DPI)
     plt.close(fig)
@@ -174,17 +180,20 @@ def _not_drawn(name: str, why: str) -> Plot:
 # -- (1) ability vs data amount --------------------------------------------------------------------------------------
 
 
-def plot_ability_vs_amount(col: Collection, out: Path) -> Plot:
-    name = "Ability vs data amount"
-    runs = [r for r in col.runs if r.final_eval]
-    keys = col.coordinate_keys()
+def _amount_lines(runs: list[Run], keys: list[str]) -> tuple[list[str], list, dict, bool] | None:
+    """The lines of an amount plot: (the varied amount keys' groups, [(label, [(amount, runs)], mixed, hue)], each
+    group's usual amount, whether the design is one source at a time); None when no source's amount varies.
+    ``mixed`` marks the lines of runs that mix other sources in at the same amount; ``hue`` is the same for a source's
+    line alone and mixed, so the two read as a pair.
+
+    Runs are split by which other sources they mix in: "math alone" and "math+code+general" (every source at the
+    same amount, the paper's composition runs) are two lines over the same x, the math amount. Within such a split,
+    a source whose amount always equals the varied one moves with it and does not split the line further.
+    """
     amounts = [k for k in keys if k.startswith("amount/")
                and len({r.coords.get(k) for r in runs if r.coords.get(k) is not None}) > 1]
     if not amounts:
-        return _not_drawn(name, "the evaluated runs all use the same data amount of every source")
-    metrics = ability_keys(runs)
-    if not metrics:
-        return _not_drawn(name, "no run has a math, code, knowledge or judge evaluation")
+        return None
     # sources scaled together (the same amount in every run) share one axis
     groups: list[list[str]] = []
     for k in amounts:
@@ -199,47 +208,97 @@ def plot_ability_vs_amount(col: Collection, out: Path) -> Plot:
     usual = {g[0]: _usual([r.coords.get(g[0]) for r in runs]) for g in groups}
     one_at_a_time = len(groups) > 1 and all(
         sum(r.coords.get(g[0]) != usual[g[0]] for g in groups) <= 1 for r in runs)
-    lines = []  # (label, [(x, runs)])
+    all_sources = [k for k in keys if k.startswith("amount/")]
+    lines = []  # (label, [(x, runs)], mixed, hue)
     for g in groups:
         what = "+".join(k.removeprefix("amount/") for k in g)
-        others = [k for k in keys if k not in g and k != "seed"]
         members = [r for r in runs if r.coords.get(g[0]) is not None]
         if one_at_a_time:
-            others = [k for k in others if not k.startswith("amount/")]
             members = [r for r in members if all(r.coords.get(h[0]) == usual[h[0]] for h in groups if h != g)]
-        settings = _settings(members, others)
-        varying = _varying(list(settings), others)
-        for setting, group_runs in settings.items():
-            label = _setting_label(others, setting, varying)
-            if len(groups) > 1:
-                label = f"{what}: {label}" if label else what
-            by_x: dict = {}
-            for r in group_runs:
-                by_x.setdefault(r.coords[g[0]], []).append(r)
-            lines.append((label or "all runs", sorted(by_x.items(), key=lambda kv: float(kv[0]))))
+        mixes: dict[tuple, list[Run]] = {}
+        for r in members:
+            mixes.setdefault(tuple(k for k in all_sources if k not in g and r.coords.get(k) is not None), []).append(r)
+        for mix, part in sorted(mixes.items(), key=lambda kv: len(kv[0])):
+            together = [k for k in mix if all(r.coords.get(k) == r.coords.get(g[0]) for r in part)]
+            others = [k for k in keys if k not in g and k != "seed" and k not in together
+                      and not (one_at_a_time and k.startswith("amount/"))]
+            settings = _settings(part, others)
+            varying = _varying(list(settings), others)
+            name = what if len(groups) > 1 else ""
+            if len(mixes) > 1:
+                name = ("+".join([what, *(k.removeprefix("amount/") for k in together)]) if together
+                        else f"{what} alone")
+            for setting, group_runs in settings.items():
+                label = _setting_label(others, setting, varying)
+                hue = (what, label)
+                label = f"{name}: {label}" if name and label else name or label
+                by_x: dict = {}
+                for r in group_runs:
+                    by_x.setdefault(r.coords[g[0]], []).append(r)
+                lines.append((label or "all runs", sorted(by_x.items(), key=lambda kv: float(kv[0])),
+                              len(mixes) > 1 and bool(together), hue))
+    return groups, lines, usual, one_at_a_time
+
+
+def _amount_plot(col: Collection, out: Path, name: str, metrics_of, what: str, title: str, file: str,
+                 caption: str) -> Plot:
+    """Each metric ``metrics_of`` picks against the data amount (log2 x); models evaluated only (the base model) are
+    dashed horizontal references."""
+    runs = [r for r in col.runs if r.final_eval and r.coords.get("strategy") != EVAL_ONLY]
+    references = [r for r in col.runs if r.final_eval and r.coords.get("strategy") == EVAL_ONLY]
+    found = _amount_lines(runs, col.coordinate_keys())
+    if found is None:
+        return _not_drawn(name, "the evaluated runs all use the same data amount of every source")
+    groups, lines, usual, one_at_a_time = found
+    metrics = metrics_of(runs)
+    if not metrics:
+        return _not_drawn(name, f"no run has {what}")
     shown = metrics[:MAX_PANELS]
-    fig, axes = _figure(len(shown), "Ability vs amount of training data"
+    fig, axes = _figure(len(shown), title
                         + (f" ({'+'.join(k.removeprefix('amount/') for k in groups[0])})" if len(groups) == 1 else ""))
-    what = "+".join(k.removeprefix("amount/") for k in groups[0]) if len(groups) == 1 else "varied source's"
+    axis = "+".join(k.removeprefix("amount/") for k in groups[0]) if len(groups) == 1 else "varied source's"
     for ax, (suite, metric, kind) in zip(axes, shown):
-        for label, points in lines:
+        hues = list(dict.fromkeys(hue for *_, hue in lines))
+        for label, points, mixed, hue in lines:
             xs = [float(x) for x, _ in points]
             stats = [_mean([_value(r, suite, metric) for r in rs]) for _, rs in points]
             ys = [s[0] for s in stats]
             err = [[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
             ax.errorbar(xs, ys, yerr=err if any(s[1] != s[2] for s in stats if math.isfinite(s[0])) else None,
-                        marker="o", capsize=3, label=label)
-        _amount_axis(ax, [x for _, pts in lines for x, _ in pts], what)
+                        marker="o", capsize=3, label=label, color=f"C{hues.index(hue) % 10}",
+                        linestyle="--" if mixed else "-")
+        for r in references:
+            y = _value(r, suite, metric)
+            if math.isfinite(y):
+                ax.axhline(y, color="0.35", linestyle=":", linewidth=1.2,
+                           label=f"{r.label or r.name} (not fine-tuned here)")
+        _amount_axis(ax, [x for _, pts, *_ in lines for x, _ in pts], axis)
         ax.set_title(f"{suite}: {metric}", fontsize=10)
         ax.set_ylabel(unit(kind, metric))
         ax.grid(alpha=0.3)
-    file = _save(fig, axes, out, "ability_vs_amount.png")
+    file = _save(fig, axes, out, file)
     seeds = " Points average the seeds of a setting; bars span their min-max." if len(col.varying("seed")) > 1 else ""
     design = (" Each source's line holds the other sources at their usual amount ("
               + ", ".join(f"{k.removeprefix('amount/')}={fmt_value(v)}" for k, v in usual.items()) + ")."
               if one_at_a_time else "")
-    return Plot(name, file, "Final evaluation of each run against the fraction of a source's training data it used "
-                f"(log2 scale); one line per source and setting of the other coordinates.{design}{seeds}")
+    mixed = (" A dashed line named a+b+c is the runs that mix those sources, each at the plotted amount; "
+             "\"alone\" is the source trained by itself." if any(m for _, _, m, _ in lines) else "")
+    refs = " Dotted lines are models evaluated without training here (the base model)." if references else ""
+    return Plot(name, file, f"{caption} (log2 scale); one line per source and setting of the other coordinates."
+                f"{design}{mixed}{refs}{seeds}")
+
+
+def plot_ability_vs_amount(col: Collection, out: Path) -> Plot:
+    return _amount_plot(col, out, "Ability vs data amount", ability_keys, "a math, code, knowledge or judge evaluation",
+                        "Ability vs amount of training data", "ability_vs_amount.png",
+                        "Final evaluation of each run against the fraction of a source's training data it used")
+
+
+def plot_loss_vs_amount(col: Collection, out: Path) -> Plot:
+    return _amount_plot(col, out, "Held-out loss vs data amount", loss_keys, "a validation-loss evaluation",
+                        "Held-out loss vs amount of training data", "loss_vs_amount.png",
+                        "Final validation loss on each held-out source (response tokens only; lower is better) "
+                        "against the fraction of a source's training data a run used")
 
 
 # -- (2) strategy comparison -----------------------------------------------------------------------------------------
@@ -563,7 +622,7 @@ def plot_rubric_criteria(col: Collection, out: Path) -> Plot:
                 "only.")
 
 
-PLOTS = (plot_ability_vs_amount, plot_strategy_comparison, plot_strategy_loss, plot_dmt_k, plot_score_vs_epoch,
+PLOTS = (plot_ability_vs_amount, plot_loss_vs_amount, plot_strategy_comparison, plot_strategy_loss, plot_dmt_k, plot_score_vs_epoch,
          plot_memorization, plot_knowledge_over_training, plot_train_loss, plot_rubric_criteria)
 
 
