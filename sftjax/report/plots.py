@@ -180,11 +180,17 @@ def _not_drawn(name: str, why: str) -> Plot:
 # -- (1) ability vs data amount --------------------------------------------------------------------------------------
 
 
-def _amount_lines(runs: list[Run], keys: list[str]) -> tuple[list[str], list, dict, bool] | None:
-    """The lines of an amount plot: (the varied amount keys' groups, [(label, [(amount, runs)], mixed, hue)], each
-    group's usual amount, whether the design is one source at a time); None when no source's amount varies.
-    ``mixed`` marks the lines of runs that mix other sources in at the same amount; ``hue`` is the same for a source's
-    line alone and mixed, so the two read as a pair.
+@dataclass
+class _AmountLine:
+    label: str
+    points: list  # [(amount, runs at that amount)], ascending
+    mixed: bool  # runs that mix other sources in at the same amount: drawn dashed
+    hue: tuple  # the same for a source's line alone and mixed, so the two read as a pair
+
+
+def _amount_lines(runs: list[Run], keys: list[str]) -> tuple[list[list[str]], list[_AmountLine], dict, bool] | None:
+    """The lines of an amount plot: (the varied amount keys' groups, the lines, each group's usual amount, whether the
+    design is one source at a time); None when no source's amount varies.
 
     Runs are split by which other sources they mix in: "math alone" and "math+code+general" (every source at the
     same amount, the paper's composition runs) are two lines over the same x, the math amount. Within such a split,
@@ -209,7 +215,7 @@ def _amount_lines(runs: list[Run], keys: list[str]) -> tuple[list[str], list, di
     one_at_a_time = len(groups) > 1 and all(
         sum(r.coords.get(g[0]) != usual[g[0]] for g in groups) <= 1 for r in runs)
     all_sources = [k for k in keys if k.startswith("amount/")]
-    lines = []  # (label, [(x, runs)], mixed, hue)
+    lines: list[_AmountLine] = []
     for g in groups:
         what = "+".join(k.removeprefix("amount/") for k in g)
         members = [r for r in runs if r.coords.get(g[0]) is not None]
@@ -235,15 +241,15 @@ def _amount_lines(runs: list[Run], keys: list[str]) -> tuple[list[str], list, di
                 by_x: dict = {}
                 for r in group_runs:
                     by_x.setdefault(r.coords[g[0]], []).append(r)
-                lines.append((label or "all runs", sorted(by_x.items(), key=lambda kv: float(kv[0])),
-                              len(mixes) > 1 and bool(together), hue))
+                lines.append(_AmountLine(label or "all runs", sorted(by_x.items(), key=lambda kv: float(kv[0])),
+                                         len(mixes) > 1 and bool(together), hue))
     return groups, lines, usual, one_at_a_time
 
 
 def _amount_plot(col: Collection, out: Path, name: str, metrics_of, what: str, title: str, file: str,
                  caption: str) -> Plot:
     """Each metric ``metrics_of`` picks against the data amount (log2 x); models evaluated only (the base model) are
-    dashed horizontal references."""
+    dotted horizontal references."""
     runs = [r for r in col.runs if r.final_eval and r.coords.get("strategy") != EVAL_ONLY]
     references = [r for r in col.runs if r.final_eval and r.coords.get("strategy") == EVAL_ONLY]
     found = _amount_lines(runs, col.coordinate_keys())
@@ -257,22 +263,22 @@ def _amount_plot(col: Collection, out: Path, name: str, metrics_of, what: str, t
     fig, axes = _figure(len(shown), title
                         + (f" ({'+'.join(k.removeprefix('amount/') for k in groups[0])})" if len(groups) == 1 else ""))
     axis = "+".join(k.removeprefix("amount/") for k in groups[0]) if len(groups) == 1 else "varied source's"
+    hues = list(dict.fromkeys(line.hue for line in lines))
     for ax, (suite, metric, kind) in zip(axes, shown):
-        hues = list(dict.fromkeys(hue for *_, hue in lines))
-        for label, points, mixed, hue in lines:
-            xs = [float(x) for x, _ in points]
-            stats = [_mean([_value(r, suite, metric) for r in rs]) for _, rs in points]
+        for line in lines:
+            xs = [float(x) for x, _ in line.points]
+            stats = [_mean([_value(r, suite, metric) for r in rs]) for _, rs in line.points]
             ys = [s[0] for s in stats]
             err = [[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
             ax.errorbar(xs, ys, yerr=err if any(s[1] != s[2] for s in stats if math.isfinite(s[0])) else None,
-                        marker="o", capsize=3, label=label, color=f"C{hues.index(hue) % 10}",
-                        linestyle="--" if mixed else "-")
+                        marker="o", capsize=3, label=line.label, color=f"C{hues.index(line.hue) % 10}",
+                        linestyle="--" if line.mixed else "-")
         for r in references:
             y = _value(r, suite, metric)
             if math.isfinite(y):
                 ax.axhline(y, color="0.35", linestyle=":", linewidth=1.2,
                            label=f"{r.label or r.name} (not fine-tuned here)")
-        _amount_axis(ax, [x for _, pts, *_ in lines for x, _ in pts], axis)
+        _amount_axis(ax, [x for line in lines for x, _ in line.points], axis)
         ax.set_title(f"{suite}: {metric}", fontsize=10)
         ax.set_ylabel(unit(kind, metric))
         ax.grid(alpha=0.3)
@@ -282,7 +288,7 @@ def _amount_plot(col: Collection, out: Path, name: str, metrics_of, what: str, t
               + ", ".join(f"{k.removeprefix('amount/')}={fmt_value(v)}" for k, v in usual.items()) + ")."
               if one_at_a_time else "")
     mixed = (" A dashed line named a+b+c is the runs that mix those sources, each at the plotted amount; "
-             "\"alone\" is the source trained by itself." if any(m for _, _, m, _ in lines) else "")
+             "\"alone\" is the source trained by itself." if any(line.mixed for line in lines) else "")
     refs = " Dotted lines are models evaluated without training here (the base model)." if references else ""
     return Plot(name, file, f"{caption} (log2 scale); one line per source and setting of the other coordinates."
                 f"{design}{mixed}{refs}{seeds}")
