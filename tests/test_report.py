@@ -418,10 +418,10 @@ def test_amount_plots_draw_alone_and_mixed_runs_as_separate_lines_with_the_base_
         "Ability vs data amount"].caption
     lines = {label: (x, style) for label, x, _, style in drawn}
     assert lines == {"arith alone": ([0.25, 0.5], "-"), "arith+prose": ([0.25, 0.5], "--"),
-                     "prose alone": ([0.25, 0.5], "-"), "prose+arith": ([0.25, 0.5], "--")}
-    # five panels (math accuracy and answer format, knowledge memorization and generalization, arith loss), four
+                     "prose alone": ([0.25, 0.5], "-")}  # the mixed runs once, not once per source
+    # five panels (math accuracy and answer format, knowledge memorization and generalization, arith loss), three
     # lines each
-    assert len(drawn) == 20 and [1.75, 1.5] in [y for label, _, y, _ in drawn if label == "arith alone"]
+    assert len(drawn) == 15 and [1.75, 1.5] in [y for label, _, y, _ in drawn if label == "arith alone"]
     # the base model in the panels where it was evaluated (math accuracy, answer format, arith loss; the score over
     # training plot draws it too)
     assert {label for label, _ in refs} == {"embedded:smollm2-135m-instruct (not fine-tuned here)"}

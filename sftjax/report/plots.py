@@ -243,7 +243,16 @@ def _amount_lines(runs: list[Run], keys: list[str]) -> tuple[list[list[str]], li
                     by_x.setdefault(r.coords[g[0]], []).append(r)
                 lines.append(_AmountLine(label or "all runs", sorted(by_x.items(), key=lambda kv: float(kv[0])),
                                          len(mixes) > 1 and bool(together), hue))
-    return groups, lines, usual, one_at_a_time
+    # Runs mixing every varied source at one amount lie on each of those sources' lines: draw them once, in a colour
+    # of their own, not as coinciding lines in the colour of whichever source came last.
+    unique: dict[tuple, _AmountLine] = {}
+    for line in lines:
+        key = tuple((x, tuple(id(r) for r in rs)) for x, rs in line.points)
+        if key in unique and line.mixed:
+            unique[key].hue = ("mixed", unique[key].label)
+        else:
+            unique.setdefault(key, line)
+    return groups, list(unique.values()), usual, one_at_a_time
 
 
 def _amount_plot(col: Collection, out: Path, name: str, metrics_of, what: str, title: str, file: str,
