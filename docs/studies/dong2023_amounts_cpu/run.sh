@@ -8,8 +8,8 @@
 # mixed and general alone at two amounts only, and smaller evaluation sets (first 40 math problems, 64 held-out
 # examples per loss suite). HumanEval generation is left out: every strategies-study model, the base included,
 # scored 0/40, while code loss moved. Planned cost (sftjax-data inspect: 27 math, 35 code, 30 general steps of
-# 4 x 512 tokens at 1/64; ~17 s per step here): about 60 min of training and 30 min of evaluation. Each doubling of
-# AMOUNTS adds about 35 min (1/32) and 70 min (1/16).
+# 4 x 512 tokens at 1/64). Measured: 96 min wall time (jobs of 5-16 min, each with a 3.5 min evaluation). Each
+# doubling of AMOUNTS adds about 40 min (1/32) and 75 min (1/16).
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-runs/study_dong2023_amounts_cpu}
