@@ -7,7 +7,7 @@
 # Only cost knobs differ from the preset: amounts 1/256 ... 1/64 of each source rather than 1/256 ... 1, all sources
 # mixed and general alone at two amounts only, and smaller evaluation sets (first 40 math problems, 64 held-out
 # examples per loss suite). HumanEval generation is left out: every strategies-study model, the base included,
-# scored 0/40, while code loss moved. Planned cost (sftjax-data inspect: 27 math, 35 code, 30 general steps of
+# scored 0/40, while code loss moved. Step counts (sftjax-data inspect: 27 math, 35 code, 30 general steps of
 # 4 x 512 tokens at 1/64). Measured: 96 min wall time (jobs of 5-16 min, each with a 3.5 min evaluation). Each
 # doubling of AMOUNTS adds about 40 min (1/32) and 75 min (1/16).
 set -euo pipefail
