@@ -165,16 +165,18 @@ def register_configs() -> None:
 
 def job_dirname(override_dirname: str, limit: int = 160) -> str:
     """A sweep job's directory name: its overrides, without those that do not change what is trained (eval.*, also
-    removed or added with ~ or +, progress and logging switches). Path-valued overrides (a data file, say) are named by a hash rather than spelled
-    out, since a path is the same in every job of a sweep and would bury the keys that tell jobs apart; the name is
-    also shortened with a hash when a file name would get too long (Linux: 255 bytes)."""
+    removed or added with ~ or +, progress and logging switches). Path-valued overrides (a data file, say) are named
+    by a hash rather than spelled out, since a path is the same in every job of a sweep and would bury the keys that
+    tell jobs apart; the name is also shortened with a hash when a file name would get too long (Linux: 255 bytes)."""
     import hashlib
     import re
 
     quiet = ("eval.", "train.progress=", "train.tensorboard=", "train.log_every=")
     kept = [o for o in override_dirname.split(",") if o and not o.lstrip("~+").startswith(quiet)]
-    # A fraction ("strategy.amount=1/256") is a value to show, not a path.
-    paths = [o for o in kept if "/" in o.partition("=")[2] and not re.fullmatch(r"\d+/\d+", o.partition("=")[2])]
+    def is_path(value: str) -> bool:  # a fraction ("strategy.amount=1/256") is a value to show, not a path
+        return "/" in value and not re.fullmatch(r"\d+/\d+", value)
+
+    paths = [o for o in kept if is_path(o.partition("=")[2])]
     kept = [o for o in kept if o not in paths]
     digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
     name = ",".join(kept) or "default"

@@ -55,13 +55,18 @@ def _numbers(text: str) -> list[float]:
     return out
 
 
+def _marked_numbers(text: str) -> list[float]:
+    """The numbers after the last ``####`` marker; empty without one."""
+    return _numbers(text.rsplit("####", 1)[1]) if "####" in text else []
+
+
 def uses_answer_format(text: str | None) -> bool:
     """Whether the text gives its answer the way the training data does: a number after the last ``####``.
 
     Counted apart from accuracy because a small model adopts the format long before it gets answers right; the share
     of formatted answers is the first sign that math SFT data took effect.
     """
-    return text is not None and "####" in str(text) and bool(_numbers(str(text).rsplit("####", 1)[1]))
+    return text is not None and bool(_marked_numbers(str(text)))
 
 
 def extract_answer(text: str | None) -> float | None:
@@ -69,13 +74,11 @@ def extract_answer(text: str | None) -> float | None:
     if text is None:
         return None
     text = str(text)
-    if "####" in text:
-        tail = text.rsplit("####", 1)[1]
-        nums = _numbers(tail)
-        if nums:
-            # The marker introduces the answer, so take the first number after it, not the last
-            # ("#### 18 dollars (9 x 2)" is 18).
-            return nums[0]
+    marked = _marked_numbers(text)
+    if marked:
+        # The marker introduces the answer, so take the first number after it, not the last
+        # ("#### 18 dollars (9 x 2)" is 18).
+        return marked[0]
     nums = _numbers(text)
     return nums[-1] if nums else None
 

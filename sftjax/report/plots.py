@@ -269,9 +269,9 @@ def _amount_plot(col: Collection, out: Path, name: str, metrics_of, what: str, t
     if not metrics:
         return _not_drawn(name, f"no run has {what}")
     shown = metrics[:MAX_PANELS]
-    fig, axes = _figure(len(shown), title
-                        + (f" ({'+'.join(k.removeprefix('amount/') for k in groups[0])})" if len(groups) == 1 else ""))
-    axis = "+".join(k.removeprefix("amount/") for k in groups[0]) if len(groups) == 1 else "varied source's"
+    single = "+".join(k.removeprefix("amount/") for k in groups[0]) if len(groups) == 1 else None
+    fig, axes = _figure(len(shown), title + (f" ({single})" if single else ""))
+    axis = single or "varied source's"
     hues = list(dict.fromkeys(line.hue for line in lines))
     for ax, (suite, metric, kind) in zip(axes, shown):
         for line in lines:
@@ -637,8 +637,8 @@ def plot_rubric_criteria(col: Collection, out: Path) -> Plot:
                 "only.")
 
 
-PLOTS = (plot_ability_vs_amount, plot_loss_vs_amount, plot_strategy_comparison, plot_strategy_loss, plot_dmt_k, plot_score_vs_epoch,
-         plot_memorization, plot_knowledge_over_training, plot_train_loss, plot_rubric_criteria)
+PLOTS = (plot_ability_vs_amount, plot_loss_vs_amount, plot_strategy_comparison, plot_strategy_loss, plot_dmt_k,
+         plot_score_vs_epoch, plot_memorization, plot_knowledge_over_training, plot_train_loss, plot_rubric_criteria)
 
 
 def make_plots(col: Collection, out: Path) -> list[Plot]:
